@@ -1,0 +1,58 @@
+"""Quiet hours: local times of day when no SMS is sent (default 21:00-08:00)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+_PATTERN = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def local_instant(day: datetime, at: time, zone: ZoneInfo) -> datetime:
+    """The instant of wall time ``at`` on ``day``'s date in ``zone``, in UTC.
+
+    A wall time that does not exist (inside a spring-forward gap) is moved forward by the gap,
+    as clocks do; an ambiguous one (autumn fold) takes its first occurrence.
+    """
+    naive = datetime.combine(day.date(), at)
+    aware = naive.replace(tzinfo=zone, fold=0)
+    as_utc = aware.astimezone(UTC)
+    if as_utc.astimezone(zone).replace(tzinfo=None) != naive:
+        # Non-existent wall time: fold=1 gives the instant after the gap.
+        as_utc = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    return as_utc
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A local window [start, end) that may wrap past midnight. Empty when start == end."""
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str) -> QuietHours:
+        match = _PATTERN.match(text)
+        if not match:
+            raise ValueError(f"quiet hours {text!r} must look like 21:00-08:00")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+            raise ValueError(f"quiet hours {text!r} has an impossible time")
+        return cls(time(h1, m1), time(h2, m2))
+
+    def contains(self, local: time) -> bool:
+        if self.start == self.end:
+            return False
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def defer(self, instant: datetime, zone: ZoneInfo) -> datetime:
+        """The first allowed minute at or after ``instant`` (UTC in, UTC out)."""
+        local = instant.astimezone(zone)
+        if not self.contains(local.time()):
+            return instant
+        day = local if local.time() < self.end else local + timedelta(days=1)
+        return local_instant(day, self.end, zone)

@@ -1,0 +1,1 @@
+"""Regimens as data: declarative YAML files under ``schedules/``, loaded and validated here."""

@@ -1,0 +1,160 @@
+"""The shape of a regimen: parameters a clinician chooses, and steps that say when and what."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from typing import Literal
+
+Channel = Literal["sms", "email"]
+CHANNELS: tuple[Channel, ...] = ("sms", "email")
+
+
+class ParameterError(ValueError):
+    """A session parameter is unknown or outside the range its regimen declares."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    label: str
+    kind: Literal["int", "str"]
+    default: int | str
+    choices: tuple[int | str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def validate(self, value: object) -> int | str:
+        """The value, checked against the declared type and range."""
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                    value = int(value.strip())
+                else:
+                    raise ParameterError(self.name, "must be a whole number")
+            assert isinstance(value, int)
+            if self.minimum is not None and value < self.minimum:
+                raise ParameterError(self.name, f"must be at least {self.minimum}")
+            if self.maximum is not None and value > self.maximum:
+                raise ParameterError(self.name, f"must be at most {self.maximum}")
+        elif not isinstance(value, str):
+            raise ParameterError(self.name, "must be text")
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(str(c) for c in self.choices)
+            raise ParameterError(self.name, f"must be one of {allowed}")
+        return value
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return "|".join(str(c) for c in self.choices)
+        return f"{self.minimum}..{self.maximum}"
+
+
+@dataclass(frozen=True)
+class IntRef:
+    """An integer that is either a constant or ``param * times + plus``."""
+
+    constant: int = 0
+    param: str | None = None
+    times: int = 1
+    plus: int = 0
+
+    def resolve(self, params: dict[str, int | str]) -> int:
+        if self.param is None:
+            return self.constant
+        value = params[self.param]
+        assert isinstance(value, int)
+        return value * self.times + self.plus
+
+
+@dataclass(frozen=True)
+class Elapsed:
+    """Exact elapsed time after treatment (``72h`` is 72 real hours, whatever the clocks do)."""
+
+    after: timedelta
+
+
+@dataclass(frozen=True)
+class DayTime:
+    """Local wall time on local day N, where day 0 is the local date of treatment."""
+
+    day: IntRef
+    at: time
+
+
+@dataclass(frozen=True)
+class NextTime:
+    """The first local wall time ``at`` strictly after another step's (last) occurrence."""
+
+    after_step: str
+    at: time
+
+
+@dataclass(frozen=True)
+class SameDay:
+    """On the local date of each occurrence of another step, at wall time ``at``."""
+
+    step: str
+    at: time
+
+
+When = Elapsed | DayTime | NextTime | SameDay
+
+
+@dataclass(frozen=True)
+class Repeat:
+    count: IntRef
+    every_days: int = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    title: str
+    template: str
+    when: When
+    channels: tuple[Channel, ...]
+    # "each": one reminder per chosen channel; "first": only the first chosen channel in order.
+    channel_mode: Literal["each", "first"] = "each"
+    repeat: Repeat | None = None
+    # A reminder later than this after its due time is expired, not sent (None: never expires).
+    valid_for: timedelta | None = None
+    # Safety-critical: never expired or dropped, only deferred by quiet hours.
+    critical: bool = False
+    # "always": sent even when enrolment happens after its time; "latest": only if it is the
+    # most recent past step (see planner's catch-up policy).
+    catch_up: Literal["always", "latest"] = "latest"
+
+
+@dataclass(frozen=True)
+class Regimen:
+    id: str
+    name: str
+    version: int
+    parameters: dict[str, Parameter]
+    steps: tuple[Step, ...]
+    source: str = ""
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    def resolve_parameters(self, given: dict[str, object] | None) -> dict[str, int | str]:
+        """Defaults filled in and every value checked; unknown names are refused."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.parameters))
+        if unknown:
+            raise ParameterError(unknown[0], f"is not a parameter of regimen {self.id}")
+        resolved: dict[str, int | str] = {}
+        for name, parameter in self.parameters.items():
+            value = given.get(name)
+            resolved[name] = parameter.default if value is None else parameter.validate(value)
+        return resolved
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)

@@ -1,0 +1,151 @@
+"""One settings class for the whole service, read from ``AFTERCARE_*`` variables and ``.env``.
+
+Every variable is documented in the README. Secrets may also be given as ``AFTERCARE_<NAME>_FILE``
+pointing to a file (Docker secrets).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aftercare.planning.quiet import QuietHours
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
+_SECRET_FIELDS = ("secret_key", "twilio_auth_token", "smtp_url", "database_url", "broker_url")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "var"
+
+
+class Settings(BaseSettings):
+    """Configuration of one Aftercare deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AFTERCARE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    sms_transport: Literal["console", "outbox", "twilio"] = "console"
+    email_transport: Literal["console", "outbox", "smtp"] = "outbox"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_api_base: str = "https://api.twilio.com"
+    sms_mps: float = Field(default=10.0, gt=0)
+    smtp_url: str = ""
+    email_from: str = "aftercare@localhost"
+    secret_key: str = ""
+    public_base_url: str = "http://127.0.0.1:8000"
+    clinic_name: str = "Your clinic"
+    clinic_phone: str = "your clinic"
+    default_timezone: str = "Europe/London"
+    quiet_hours: str = "21:00-08:00"
+    schedules_dir: Path = _REPO_ROOT / "schedules"
+    templates_dir: Path = _REPO_ROOT / "templates"
+    # "system", or "file:PATH" (a file holding an ISO-8601 instant; used by the demo and tests
+    # to move time forward for every process at once).
+    clock: str = "system"
+    dispatch_interval: float = Field(default=2.0, gt=0)
+    dispatch_batch: int = Field(default=500, ge=1, le=10_000)
+    send_batch: int = Field(default=20, ge=1, le=500)
+    worker_concurrency: int = Field(default=2, ge=1)
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Fill ``X`` from the file named by ``AFTERCARE_X_FILE`` when ``X`` itself is unset."""
+        if not isinstance(data, dict):
+            return data
+        for name in _SECRET_FIELDS:
+            path = os.environ.get(f"AFTERCARE_{name.upper()}_FILE")
+            if path and not data.get(name) and not os.environ.get(f"AFTERCARE_{name.upper()}"):
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+        return data
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours_format(cls, value: str) -> str:
+        QuietHours.parse(value)
+        return value
+
+    @field_validator("clock")
+    @classmethod
+    def _clock_format(cls, value: str) -> str:
+        if value != "system" and not value.startswith("file:"):
+            raise ValueError("must be 'system' or 'file:PATH'")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _no_placeholder_secret(cls, value: str) -> str:
+        if value.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder; set a long random value")
+        return value
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the embedded default (no database configured)."""
+        return not self.database_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'aftercare.sqlite3'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def quiet(self) -> QuietHours:
+        return QuietHours.parse(self.quiet_hours)
+
+    def effective_secret_key(self) -> str:
+        """The signing key; on the embedded default one is generated once under the data folder."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
+            path.chmod(0o600)
+        return path.read_text(encoding="utf-8").strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (never at import)."""
+    return Settings()
