@@ -16,13 +16,10 @@ def local_instant(day: datetime, at: time, zone: ZoneInfo) -> datetime:
     A wall time that does not exist (inside a spring-forward gap) is moved forward by the gap,
     as clocks do; an ambiguous one (autumn fold) takes its first occurrence.
     """
-    naive = datetime.combine(day.date(), at)
-    aware = naive.replace(tzinfo=zone, fold=0)
-    as_utc = aware.astimezone(UTC)
-    if as_utc.astimezone(zone).replace(tzinfo=None) != naive:
-        # Non-existent wall time: fold=1 gives the instant after the gap.
-        as_utc = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    return as_utc
+    # PEP 495: with fold=0 a time in a gap is read with the offset from before the transition,
+    # which lands it gap-length later on the new clock (01:30 -> 02:30 BST); fold=1 would read it
+    # with the later offset and move it backwards, before the gap.
+    return datetime.combine(day.date(), at, tzinfo=zone).astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Channels: one small module per provider, all behind the interface in ``base``."""

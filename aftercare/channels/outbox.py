@@ -1,0 +1,60 @@
+"""Development transport: write each message as a file under ``<data dir>/outbox/<channel>/``.
+
+The file name is the message's idempotency key and is created exclusively, so the outbox can
+answer "was this already sent?" exactly, like a provider's message log. ``sent.log`` records
+every send call in order, duplicates included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from aftercare.channels.base import EmailMessage, Message, SendResult, SmsMessage
+from aftercare.channels.mime import build_mime
+
+
+class OutboxTransport:
+    name = "outbox"
+
+    def __init__(self, channel: Literal["sms", "email"], folder: Path, sender: str = "") -> None:
+        self.channel = channel
+        self.folder = folder / channel
+        self.sender = sender
+
+    def _path(self, message: Message) -> Path:
+        suffix = ".eml" if isinstance(message, EmailMessage) else ".json"
+        return self.folder / f"{message.key}{suffix}"
+
+    def send(self, message: Message) -> SendResult:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(message)
+        data = _encode(message, self.sender)
+        # Every call is recorded, duplicates included, so a duplicate send can be seen.
+        with (self.folder / "sent.log").open("a", encoding="utf-8") as log:
+            log.write(message.key + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        try:
+            # link() fails if the key exists: a second send of the same key changes nothing.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return SendResult(provider_id=f"outbox-{message.key}")
+
+    def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
+        if self._path(message).exists():
+            return SendResult(provider_id=f"outbox-{message.key}")
+        return None
+
+
+def _encode(message: Message, sender: str) -> bytes:
+    if isinstance(message, SmsMessage):
+        record = {"key": message.key, "to": message.to, "body": message.body}
+        return json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
+    return bytes(build_mime(message, sender=sender or "aftercare@localhost"))

@@ -1,0 +1,26 @@
+"""Pick a transport by configuration."""
+
+from __future__ import annotations
+
+from aftercare.channels.base import Transport
+from aftercare.channels.console import ConsoleTransport
+from aftercare.channels.outbox import OutboxTransport
+from aftercare.settings import Settings
+
+
+def build_transport(channel: str, settings: Settings) -> Transport:
+    if channel == "sms":
+        name = settings.sms_transport
+        if name == "console":
+            return ConsoleTransport("sms")
+        if name == "outbox":
+            return OutboxTransport("sms", settings.outbox_dir)
+        raise ValueError(f"SMS transport {name!r} is not available yet")
+    if channel == "email":
+        name = settings.email_transport
+        if name == "console":
+            return ConsoleTransport("email")
+        if name == "outbox":
+            return OutboxTransport("email", settings.outbox_dir, sender=settings.email_from)
+        raise ValueError(f"email transport {name!r} is not available yet")
+    raise ValueError(f"unknown channel {channel!r}")

@@ -1,0 +1,43 @@
+"""``aftercare check``: every regimen valid, every template renders, every SMS fits."""
+
+from __future__ import annotations
+
+import typer
+
+from aftercare.messages.context import sample_context
+from aftercare.messages.render import MessageRenderer, TemplateError
+from aftercare.regimens.loader import RegimenError, RegimenRegistry
+from aftercare.runtime import Runtime
+
+
+def run_checks(rt: Runtime) -> list[str]:
+    """Print a report of what was checked; return every fault found (empty when all is well)."""
+    faults: list[str] = []
+    try:
+        registry = RegimenRegistry.load(rt.settings.schedules_dir)
+    except RegimenError as exc:
+        return [str(exc)]
+    if not registry.ids():
+        return [f"{rt.settings.schedules_dir}: no regimen files (*.yaml)"]
+    renderer = MessageRenderer(rt.settings.templates_dir)
+    for regimen in registry:
+        typer.echo(f"regimen {regimen.id} (v{regimen.version}, {regimen.source}): "
+                   f"{len(regimen.steps)} steps")
+        for step in regimen.steps:
+            for label, clinic in (("sample", None), ("configured", rt.settings.clinic_name)):
+                extra = {} if clinic is None else {
+                    "clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone
+                }
+                context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
+                try:
+                    sms = renderer.render_sms(step.template, context)
+                    if label == "sample":
+                        typer.echo(f"  sms   {step.template:<16} {sms.encoding}, "
+                                   f"{sms.segments} segment(s), {len(sms.body)} chars")
+                except TemplateError as exc:
+                    faults.append(f"{str(exc)} (with {label} clinic details)")
+                try:
+                    renderer.render_email(step.template, context)
+                except TemplateError as exc:
+                    faults.append(f"{str(exc)} (with {label} clinic details)")
+    return sorted(set(faults), key=faults.index)

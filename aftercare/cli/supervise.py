@@ -1,0 +1,78 @@
+"""``aftercare run``: the web app in this process, a worker and beat as child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+from aftercare.runtime import Runtime
+
+
+class Child:
+    """A child process that is restarted if it dies, until stopped."""
+
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603 - our own argv
+
+    def watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self.process is not None and self.process.poll() is not None:
+                print(f"aftercare: {self.name} exited ({self.process.returncode}); restarting")
+                time.sleep(1.0)
+                if not self._stopping.is_set():
+                    self.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def children(rt: Runtime) -> list[Child]:
+    env = dict(os.environ)
+    env.setdefault("AFTERCARE_DATA_DIR", str(rt.settings.data_dir))
+    base = [sys.executable, "-m", "aftercare.cli.main"]
+    return [Child("worker", [*base, "worker"], env), Child("beat", [*base, "beat"], env)]
+
+
+def run_all(rt: Runtime, *, host: str, port: int) -> int:
+    import uvicorn
+
+    from aftercare.storage.migrate import SchemaOutdated, ensure_schema
+    from aftercare.web.app import create_app
+
+    rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_schema(rt.db, auto=rt.settings.embedded)
+    except SchemaOutdated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    procs = children(rt)
+    for child in procs:
+        child.start()
+        threading.Thread(target=child.watch, daemon=True, name=f"watch-{child.name}").start()
+    where = "embedded default" if rt.settings.embedded else "configured database"
+    print(f"Aftercare is running at http://{host}:{port} ({where}; data in {rt.settings.data_dir})")
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+    finally:
+        for child in procs:
+            child.stop()
+    return 0

@@ -1,0 +1,163 @@
+"""The values a message template may use, built from a session's facts and its planned instants.
+
+Pure: no database and no clock. Dates and times are written in the patient's own time zone, in
+British style ("Sunday 29 March at 3:30pm"), without relying on the process locale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from aftercare.planning.planner import step_instants
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.model import Regimen
+
+CONTEXT_KEYS = (
+    "first_name",
+    "clinic_name",
+    "clinic_phone",
+    "garment",
+    "daily_days",
+    "checkin_week",
+    "continuous_end",
+    "daily_start",
+    "daily_until",
+    "day_number",
+    "day_count",
+    "checkin_date",
+    "unsubscribe_url",
+)
+
+GARMENTS = {
+    "lower-leg": "lower-leg compression stockings",
+    "full-leg": "full-length compression stockings",
+}
+
+# The steps whose instants the context describes.
+CONTINUOUS_END_STEP = "continuous-end"
+DAILY_WEAR_STEP = "daily-wear"
+CHECKIN_STEP = "checkin"
+
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+# Long but realistic values, so that a template check with them is a worst case, not a best one.
+SAMPLE_PATIENT_NAME = "Alexandrina-Kay Worthington"
+SAMPLE_CLINIC_NAME = "Riverside Vein and Skin Clinic"
+SAMPLE_CLINIC_PHONE = "+44 20 7946 0958"
+SAMPLE_UNSUBSCRIBE_URL = "https://aftercare.example.org/unsubscribe/k3Jx9QvT2mWc8LpR4sYb6NdF"
+# A Thursday afternoon, three days before the clocks go forward in the UK.
+SAMPLE_TREATED_AT = datetime(2026, 3, 26, 14, 30, tzinfo=UTC)
+
+
+def human_date(value: date) -> str:
+    """A date as "Monday 30 March"."""
+    return f"{_DAYS[value.weekday()]} {value.day} {_MONTHS[value.month - 1]}"
+
+
+def human_datetime(value: datetime) -> str:
+    """A local date and time as "Sunday 29 March at 11:30pm" (00:00 is the previous midnight)."""
+    if value.hour == 0 and value.minute == 0:
+        # "Monday at midnight" is read as the end of Monday, so name the day that is ending.
+        return f"{human_date(value.date() - timedelta(days=1))} at midnight"
+    if value.hour == 12 and value.minute == 0:
+        return f"{human_date(value.date())} at midday"
+    hour = value.hour % 12 or 12
+    suffix = "am" if value.hour < 12 else "pm"
+    clock = f"{hour}{suffix}" if value.minute == 0 else f"{hour}:{value.minute:02d}{suffix}"
+    return f"{human_date(value.date())} at {clock}"
+
+
+def _occurrences(instants: Mapping[str, list[datetime]], step: str) -> list[datetime]:
+    found = instants.get(step)
+    if not found:
+        raise ValueError(f"no planned instants for step {step!r}")
+    return found
+
+
+def build_context(
+    *,
+    patient_name: str,
+    clinic_name: str,
+    clinic_phone: str,
+    timezone: str,
+    parameters: Mapping[str, int | str],
+    instants: Mapping[str, list[datetime]],
+    step: str,
+    occurrence: int,
+    unsubscribe_url: str | None,
+) -> dict[str, object]:
+    """The template context for one occurrence of one step (``instants`` from step_instants)."""
+    zone = ZoneInfo(timezone)
+    count = len(_occurrences(instants, step))
+    if not 0 <= occurrence < count:
+        raise ValueError(f"occurrence {occurrence} of step {step!r} is outside 0..{count - 1}")
+    continuous_end = _occurrences(instants, CONTINUOUS_END_STEP)[0].astimezone(zone)
+    daily = _occurrences(instants, DAILY_WEAR_STEP)
+    checkin = _occurrences(instants, CHECKIN_STEP)[0].astimezone(zone)
+    words = patient_name.split()
+    return {
+        "first_name": words[0] if words else "there",
+        "clinic_name": clinic_name,
+        "clinic_phone": clinic_phone,
+        "garment": GARMENTS.get(str(parameters["garment"]), "compression stockings"),
+        "daily_days": int(parameters["daily_days"]),
+        "checkin_week": int(parameters["checkin_week"]),
+        "continuous_end": human_datetime(continuous_end),
+        "daily_start": human_date(daily[0].astimezone(zone).date()),
+        "daily_until": human_date(daily[-1].astimezone(zone).date()),
+        "day_number": occurrence + 1,
+        "day_count": count,
+        "checkin_date": human_date(checkin.date()),
+        "unsubscribe_url": unsubscribe_url or "",
+    }
+
+
+def sample_context(
+    *,
+    regimen: Regimen,
+    timezone: str = "Europe/London",
+    step: str = DAILY_WEAR_STEP,
+    occurrence: int | None = None,
+    patient_name: str = SAMPLE_PATIENT_NAME,
+    clinic_name: str = SAMPLE_CLINIC_NAME,
+    clinic_phone: str = SAMPLE_CLINIC_PHONE,
+    parameters: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """A realistic context for checking templates: the regimen's defaults, long names, and by
+    default the last occurrence of ``step`` (two-digit day numbers cost the most)."""
+    resolved = regimen.resolve_parameters(dict(parameters or {}))
+    instants = step_instants(
+        regimen=regimen,
+        treated_at=SAMPLE_TREATED_AT,
+        zone=ZoneInfo(timezone),
+        parameters=resolved,
+        quiet=QuietHours.parse("21:00-08:00"),
+    )
+    last = len(_occurrences(instants, step)) - 1
+    return build_context(
+        patient_name=patient_name,
+        clinic_name=clinic_name,
+        clinic_phone=clinic_phone,
+        timezone=timezone,
+        parameters=resolved,
+        instants=instants,
+        step=step,
+        occurrence=last if occurrence is None else occurrence,
+        unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL,
+    )

@@ -1,0 +1,88 @@
+"""Turn a stored reminder into the message its channel sends (rendering is pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from aftercare.channels.base import EmailMessage, Message, SmsMessage
+from aftercare.messages.context import build_context
+from aftercare.messages.render import MessageRenderer
+from aftercare.planning.planner import step_instants
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.loader import RegimenRegistry
+from aftercare.security import sign
+from aftercare.storage.models import Patient, Reminder, TreatmentSession
+
+
+@dataclass(frozen=True)
+class Clinic:
+    name: str
+    phone: str
+    public_base_url: str
+    email_from: str
+    secret_key: str
+
+
+class MissingAddress(ValueError):
+    """The patient has no phone number or email address for this channel."""
+
+
+def unsubscribe_url(clinic: Clinic, patient: Patient) -> str:
+    token = sign(patient.public_id, secret=clinic.secret_key)
+    return f"{clinic.public_base_url.rstrip('/')}/unsubscribe/{token}"
+
+
+def compose(
+    *,
+    reminder: Reminder,
+    session: TreatmentSession,
+    patient: Patient,
+    registry: RegimenRegistry,
+    renderer: MessageRenderer,
+    quiet: QuietHours,
+    clinic: Clinic,
+) -> Message:
+    regimen = registry.get(session.regimen_id)
+    parameters = {k: v for k, v in session.parameters.items() if isinstance(v, int | str)}
+    instants = step_instants(
+        regimen=regimen,
+        treated_at=session.treated_at,
+        zone=ZoneInfo(session.timezone),
+        parameters=parameters,
+        quiet=quiet,
+    )
+    unsubscribe = unsubscribe_url(clinic, patient) if reminder.channel == "email" else None
+    context = build_context(
+        patient_name=patient.name,
+        clinic_name=clinic.name,
+        clinic_phone=clinic.phone,
+        timezone=session.timezone,
+        parameters=parameters,
+        instants=instants,
+        step=reminder.step,
+        occurrence=reminder.occurrence,
+        unsubscribe_url=unsubscribe,
+    )
+    key = f"reminder-{reminder.id}"
+    if reminder.channel == "sms":
+        if not patient.phone:
+            raise MissingAddress("no phone number")
+        sms = renderer.render_sms(reminder.template, context)
+        return SmsMessage(key=key, to=patient.phone, body=sms.body)
+    if not patient.email:
+        raise MissingAddress("no email address")
+    email = renderer.render_email(reminder.template, context)
+    assert unsubscribe is not None
+    mailto = clinic.email_from
+    return EmailMessage(
+        key=key,
+        to=patient.email,
+        subject=email.subject,
+        text=email.text,
+        html=email.html,
+        headers={
+            "List-Unsubscribe": f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )

@@ -1,0 +1,139 @@
+"""The dispatcher: claim due reminders and hand their ids to the broker.
+
+The claim is ``SELECT ... WHERE state = 'scheduled' AND due_at <= now ORDER BY due_at LIMIT n
+FOR UPDATE SKIP LOCKED`` (a range scan of a partial index), then a guarded UPDATE to
+``queued``, committed *before* anything is published. On PostgreSQL several dispatchers can
+run at once; on SQLite ``BEGIN IMMEDIATE`` serialises them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aftercare.clock import Clock
+from aftercare.reminders import states
+from aftercare.storage.db import Database
+from aftercare.storage.models import Reminder
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[int]], None]
+
+
+@dataclass
+class DispatchSummary:
+    claimed: int = 0
+    published: int = 0
+    batches: int = 0
+    returned: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "claimed": self.claimed,
+            "published": self.published,
+            "batches": self.batches,
+            "returned": self.returned,
+        }
+
+
+def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Claim up to ``limit`` due reminders, oldest first; returns their ids in due order."""
+    due = (
+        select(Reminder.id)
+        .where(Reminder.state == states.SCHEDULED, Reminder.due_at <= now)
+        .order_by(Reminder.due_at, Reminder.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(db_session.scalars(due))
+    moved = set(
+        states.transition(
+            db_session, ids, source=states.SCHEDULED, target=states.QUEUED, now=now
+        )
+    )
+    return [i for i in ids if i in moved]
+
+
+def dispatch_due(
+    *,
+    db: Database,
+    clock: Clock,
+    publish: Publish,
+    batch_size: int = 500,
+    chunk_size: int = 20,
+    time_budget: float = 1.5,
+) -> DispatchSummary:
+    """Claim and publish due reminders in batches until none are left or the budget is spent."""
+    summary = DispatchSummary()
+    started = time.monotonic()
+    while True:
+        now = clock.now()
+        with db.session() as db_session:
+            ids = claim_due(db_session, now=now, limit=batch_size)
+        summary.claimed += len(ids)
+        if ids:
+            summary.batches += 1
+        for offset in range(0, len(ids), chunk_size):
+            chunk = ids[offset : offset + chunk_size]
+            try:
+                publish(chunk)
+            except Exception:
+                # The broker refused: give the unpublished reminders back so the next run
+                # claims them again (they stay in the database either way). Re-raised below.
+                unpublished = ids[offset:]
+                with db.session() as db_session:
+                    summary.returned += len(
+                        states.transition(
+                            db_session,
+                            unpublished,
+                            source=states.QUEUED,
+                            target=states.SCHEDULED,
+                            now=clock.now(),
+                        )
+                    )
+                log.warning(
+                    "publish failed; returned reminders to the schedule",
+                    extra={"returned": summary.returned},
+                )
+                raise
+            summary.published += len(chunk)
+        if len(ids) < batch_size or time.monotonic() - started > time_budget:
+            return summary
+
+
+def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) -> int:
+    """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart)."""
+    now = clock.now()
+    with db.session() as db_session:
+        stale = list(
+            db_session.scalars(
+                select(Reminder.id).where(
+                    Reminder.state == states.QUEUED, Reminder.updated_at < now - stale_after
+                )
+            )
+        )
+        return len(
+            states.transition(
+                db_session, stale, source=states.QUEUED, target=states.SCHEDULED, now=now
+            )
+        )
+
+
+def stale_sending(*, db: Database, clock: Clock, stale_after: timedelta) -> list[int]:
+    """Reminders left in ``sending`` (a worker died mid-send); they need reconciling."""
+    now = clock.now()
+    with db.session() as db_session:
+        return list(
+            db_session.scalars(
+                select(Reminder.id).where(
+                    Reminder.state == states.SENDING, Reminder.updated_at < now - stale_after
+                )
+            )
+        )

@@ -1,0 +1,77 @@
+"""The reminder state machine and its guarded transitions.
+
+Every transition is one conditional UPDATE (``WHERE id IN (...) AND state = <from>``) that
+returns the ids it actually moved. A row count of 0 means someone else already did the work,
+so a task that runs twice, or two workers racing, change nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from aftercare.storage.models import Reminder
+
+SCHEDULED: Final = "scheduled"
+QUEUED: Final = "queued"
+SENDING: Final = "sending"
+SENT: Final = "sent"
+DELIVERED: Final = "delivered"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+SKIPPED: Final = "skipped"
+EXPIRED: Final = "expired"
+PAUSED: Final = "paused"
+
+FINAL: Final = frozenset({DELIVERED, FAILED, CANCELLED, SKIPPED, EXPIRED})
+# Reminders that have not yet been handed to a provider.
+PENDING: Final = frozenset({SCHEDULED, QUEUED, PAUSED})
+
+ALLOWED: Final[dict[str, frozenset[str]]] = {
+    SCHEDULED: frozenset({QUEUED, CANCELLED, SKIPPED, EXPIRED, PAUSED}),
+    QUEUED: frozenset({SENDING, SCHEDULED, CANCELLED, EXPIRED, PAUSED, SKIPPED, FAILED}),
+    # sending -> scheduled: a transient failure (or a reconciled lost send) is retried later.
+    SENDING: frozenset({SENT, FAILED, SCHEDULED}),
+    SENT: frozenset({DELIVERED, FAILED}),
+    # A late "delivered" callback may follow "failed"/"undelivered" from an earlier hop.
+    FAILED: frozenset({DELIVERED}),
+    PAUSED: frozenset({SCHEDULED, CANCELLED, SKIPPED, EXPIRED}),
+    DELIVERED: frozenset(),
+    CANCELLED: frozenset(),
+    SKIPPED: frozenset(),
+    EXPIRED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def transition(
+    db_session: Session,
+    ids: Collection[int],
+    *,
+    source: str | Sequence[str],
+    target: str,
+    now: datetime,
+    **values: Any,
+) -> list[int]:
+    """Move the reminders in ``ids`` that are in ``source`` to ``target``; return those moved."""
+    sources = [source] if isinstance(source, str) else list(source)
+    for s in sources:
+        if target not in ALLOWED[s]:
+            raise IllegalTransition(f"{s} -> {target}")
+    if not ids:
+        return []
+    statement = (
+        update(Reminder)
+        .where(Reminder.id.in_(list(ids)), Reminder.state.in_(sources))
+        .values(state=target, updated_at=now, **values)
+        .returning(Reminder.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(db_session.scalars(statement))

@@ -1,0 +1,70 @@
+"""The process's collaborators (database, clock, regimens, templates, transports), built from
+settings on first use. Faces (CLI, web, Celery tasks) get one Runtime and pass its parts to the
+services as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from aftercare.channels.base import Transport
+from aftercare.clock import Clock, clock_from_setting
+from aftercare.messages.render import MessageRenderer
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.loader import RegimenRegistry
+from aftercare.settings import Settings
+from aftercare.storage.db import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock = field(init=False)
+    _transports: dict[str, Transport] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = clock_from_setting(self.settings.clock)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.effective_database_url)
+
+    @cached_property
+    def registry(self) -> RegimenRegistry:
+        return RegimenRegistry.load(self.settings.schedules_dir)
+
+    @cached_property
+    def renderer(self) -> MessageRenderer:
+        return MessageRenderer(self.settings.templates_dir)
+
+    @property
+    def quiet(self) -> QuietHours:
+        return self.settings.quiet
+
+    def transport(self, channel: str) -> Transport:
+        """The configured transport for ``sms`` or ``email`` (built once)."""
+        if channel not in self._transports:
+            from aftercare.channels.registry import build_transport
+
+            self._transports[channel] = build_transport(channel, self.settings)
+        return self._transports[channel]
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime (built on first call)."""
+    global _runtime  # noqa: PLW0603 - one lazily built runtime per process
+    if _runtime is None:
+        from aftercare.settings import Settings
+
+        _runtime = Runtime(Settings())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Replace the process-wide runtime (tests and the CLI)."""
+    global _runtime  # noqa: PLW0603
+    _runtime = runtime

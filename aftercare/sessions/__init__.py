@@ -1,0 +1,1 @@
+"""Treatment sessions: validate what staff enter, plan the regimen, store it in one transaction."""

@@ -1,0 +1,198 @@
+"""Record a treatment session: validate, plan, and store the session with all its reminders."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from aftercare.planning.planner import PlannedReminder, plan
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.loader import RegimenRegistry
+from aftercare.regimens.model import Channel, ParameterError, Regimen
+from aftercare.sessions.validation import (
+    FieldError,
+    ValidationFailed,
+    clean_channels,
+    clean_email,
+    clean_instant,
+    clean_name,
+    clean_phone,
+    clean_timezone,
+)
+from aftercare.storage.models import Patient, Reminder, TreatmentSession
+
+MAX_FUTURE = timedelta(days=1)
+
+
+@dataclass
+class SessionRequest:
+    """What staff enter for one session (raw; validated by :func:`validate_request`)."""
+
+    name: object = None
+    phone: object = None
+    email: object = None
+    timezone: object = None
+    channels: object = ("sms", "email")
+    treated_at: object = None
+    regimen: object = "micro-sclerotherapy"
+    parameters: Mapping[str, object] = field(default_factory=dict)
+    consent: object = True
+    contraindications_checked: object = True
+
+
+@dataclass(frozen=True)
+class ValidSession:
+    name: str
+    phone: str | None
+    email: str | None
+    timezone: str
+    channels: tuple[Channel, ...]
+    treated_at: datetime
+    regimen: Regimen
+    parameters: dict[str, int | str]
+    plan: list[PlannedReminder]
+
+
+def _collect(errors: list[FieldError], func: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return func(*args, **kwargs)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def validate_request(
+    request: SessionRequest,
+    *,
+    registry: RegimenRegistry,
+    quiet: QuietHours,
+    now: datetime,
+    patient_loc: tuple[str, ...] = ("patient",),
+) -> ValidSession:
+    """Check every field and plan the regimen; raise ValidationFailed naming each bad field."""
+    errors: list[FieldError] = []
+    name = _collect(errors, clean_name, request.name, (*patient_loc, "name"))
+    channels = _collect(errors, clean_channels, request.channels, (*patient_loc, "channels")) or ()
+    phone = email = None
+    if "sms" in channels or request.phone not in (None, ""):
+        phone = _collect(errors, clean_phone, request.phone, (*patient_loc, "phone"))
+    if "email" in channels or request.email not in (None, ""):
+        email = _collect(errors, clean_email, request.email, (*patient_loc, "email"))
+    zone = _collect(errors, clean_timezone, request.timezone, (*patient_loc, "timezone"))
+    treated_at = _collect(errors, clean_instant, request.treated_at, ("treated_at",))
+    if request.consent is not True:
+        errors.append(FieldError(("consent",), "the patient's consent to messages must be confirmed"))
+    if request.contraindications_checked is not True:
+        errors.append(
+            FieldError(
+                ("contraindications_checked",),
+                "staff must confirm the contraindication checklist before enrolment",
+            )
+        )
+    regimen = None
+    if not isinstance(request.regimen, str):
+        errors.append(FieldError(("regimen",), "is required"))
+    else:
+        try:
+            regimen = registry.get(request.regimen)
+        except KeyError as exc:
+            errors.append(FieldError(("regimen",), str(exc.args[0])))
+    parameters: dict[str, int | str] = {}
+    if regimen is not None:
+        if not isinstance(request.parameters, Mapping):
+            errors.append(FieldError(("parameters",), "must be an object"))
+        else:
+            try:
+                parameters = regimen.resolve_parameters(dict(request.parameters))
+            except ParameterError as exc:
+                errors.append(FieldError(("parameters", exc.name), exc.reason))
+    if treated_at is not None and treated_at > now + MAX_FUTURE:
+        errors.append(FieldError(("treated_at",), "is more than a day in the future"))
+    if errors:
+        raise ValidationFailed(errors)
+    assert regimen is not None and treated_at is not None
+    planned = plan(
+        regimen=regimen,
+        treated_at=treated_at,
+        timezone=zone,
+        parameters=parameters,
+        channels=channels,
+        quiet=quiet,
+        recorded_at=max(now, treated_at),
+    )
+    if not any(r.state == "scheduled" for r in planned) or _regimen_over(planned, now):
+        raise ValidationFailed(
+            [FieldError(("treated_at",), "is older than the regimen: its aftercare is already over")]
+        )
+    return ValidSession(
+        name=name,
+        phone=phone,
+        email=email,
+        timezone=zone,
+        channels=channels,
+        treated_at=treated_at,
+        regimen=regimen,
+        parameters=parameters,
+        plan=planned,
+    )
+
+
+def _regimen_over(planned: list[PlannedReminder], now: datetime) -> bool:
+    last_nominal = max(r.nominal_utc for r in planned)
+    return last_nominal < now
+
+
+def record_session(
+    *, db_session: Session, valid: ValidSession, now: datetime, patient: Patient | None = None
+) -> TreatmentSession:
+    """Store the patient (unless given), the session and every planned reminder; no commit."""
+    if patient is None:
+        patient = Patient(
+            public_id=secrets.token_hex(16),
+            name=valid.name,
+            phone=valid.phone,
+            email=valid.email,
+            timezone=valid.timezone,
+            channels=",".join(valid.channels),
+            created_at=now,
+        )
+        db_session.add(patient)
+    session = TreatmentSession(
+        patient=patient,
+        regimen_id=valid.regimen.id,
+        regimen_version=valid.regimen.version,
+        treated_at=valid.treated_at,
+        recorded_at=now,
+        timezone=valid.timezone,
+        parameters=dict(valid.parameters),
+        channels=",".join(valid.channels),
+        status="active",
+        consent=True,
+        contraindications_checked=True,
+    )
+    db_session.add(session)
+    for item in valid.plan:
+        db_session.add(
+            Reminder(
+                session=session,
+                step=item.step,
+                occurrence=item.occurrence,
+                channel=item.channel,
+                template=item.template,
+                nominal_at=item.nominal_utc,
+                due_at=item.due_utc,
+                expires_at=item.expires_utc,
+                critical=item.critical,
+                state=item.state,
+                attempts=0,
+                updated_at=now,
+                reason="catch-up: superseded before enrolment" if item.state == "skipped" else None,
+            )
+        )
+    db_session.flush()
+    return session

@@ -1,0 +1,129 @@
+"""Validation of enrolment input, shared by the API, the CLI and CSV import.
+
+Every check names the field (as a ``loc`` path) and the reason; nothing is stored on failure.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from aftercare.regimens.model import CHANNELS, Channel
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    loc: Loc
+    msg: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(str(p) for p in self.loc)}: {self.msg}"
+
+
+class ValidationFailed(ValueError):
+    """One or more fields are wrong; ``errors`` names each."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in text)
+
+
+def clean_name(value: object, loc: Loc) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed([FieldError(loc, "is required")])
+    name = " ".join(value.split())
+    if len(name) > 200:
+        raise ValidationFailed([FieldError(loc, "is longer than 200 characters")])
+    if _has_control_chars(name):
+        raise ValidationFailed([FieldError(loc, "contains control or invisible characters")])
+    return name
+
+
+def clean_phone(value: object, loc: Loc, *, region: str = "GB") -> str:
+    """A mobile number in E.164 form (``+447700900123``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed([FieldError(loc, "is required for SMS")])
+    if len(value) > 40 or _has_control_chars(value):
+        raise ValidationFailed([FieldError(loc, "is not a phone number")])
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationFailed([FieldError(loc, "is not a phone number")]) from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValidationFailed([FieldError(loc, "is not a valid phone number")])
+    kind = phonenumbers.number_type(number)
+    if kind not in (
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+    ):
+        raise ValidationFailed([FieldError(loc, "is not a mobile number, so it cannot get SMS")])
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def clean_email(value: object, loc: Loc) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed([FieldError(loc, "is required for email")])
+    if len(value) > 254 or _has_control_chars(value):
+        raise ValidationFailed([FieldError(loc, "is not a valid email address")])
+    try:
+        return validate_email(value.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValidationFailed([FieldError(loc, f"is not a valid email address ({exc})")]) from exc
+
+
+def clean_timezone(value: object, loc: Loc) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationFailed([FieldError(loc, "is required (an IANA name such as Europe/London)")])
+    name = value.strip()
+    if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        raise ValidationFailed([FieldError(loc, f"{name[:64]!r} is not an IANA time zone")])
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValidationFailed([FieldError(loc, f"{name!r} is not an IANA time zone")]) from exc
+    return name
+
+
+def clean_channels(value: object, loc: Loc) -> tuple[Channel, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not value:
+        raise ValidationFailed([FieldError(loc, "choose at least one of: sms, email")])
+    out: list[Channel] = []
+    for index, item in enumerate(value):
+        if item not in CHANNELS:
+            raise ValidationFailed([FieldError((*loc, index), "must be 'sms' or 'email'")])
+        if item in out:
+            raise ValidationFailed([FieldError((*loc, index), "is listed twice")])
+        out.append(item)
+    return tuple(c for c in CHANNELS if c in out)
+
+
+def clean_instant(value: object, loc: Loc) -> datetime:
+    """An ISO-8601 instant that carries a UTC offset."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value.strip() and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationFailed(
+                [FieldError(loc, "is not an ISO-8601 date and time (e.g. 2026-03-01T10:30+00:00)")]
+            ) from exc
+    else:
+        raise ValidationFailed([FieldError(loc, "is required (ISO-8601 with a UTC offset)")])
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValidationFailed([FieldError(loc, "must include a UTC offset, e.g. +00:00")])
+    return parsed

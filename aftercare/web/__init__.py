@@ -1,0 +1,1 @@
+"""The web face: JSON API, webhooks and staff pages (FastAPI)."""

@@ -1,0 +1,90 @@
+"""Celery configuration, derived from Aftercare's settings when Celery first reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from aftercare.settings import Settings
+
+DISPATCH_QUEUE = "aftercare.dispatch"
+SEND_QUEUE = "aftercare.send"
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "broker_url": settings.effective_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A task is acknowledged only after it ran; if the worker dies it is delivered again,
+        # and the reminder state machine makes the second run harmless.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "task_default_queue": SEND_QUEUE,
+        "task_routes": {
+            "aftercare.dispatch": {"queue": DISPATCH_QUEUE},
+            "aftercare.recover": {"queue": DISPATCH_QUEUE},
+            "aftercare.send": {"queue": SEND_QUEUE},
+        },
+        "beat_schedule": {
+            "dispatch-due-reminders": {
+                "task": "aftercare.dispatch",
+                "schedule": settings.dispatch_interval,
+                # A dispatch request that waited out several intervals is pointless.
+                "options": {"expires": max(settings.dispatch_interval * 5, 10.0)},
+            },
+            "recover-stuck-reminders": {
+                "task": "aftercare.recover",
+                "schedule": 60.0,
+                "options": {"expires": 120.0},
+            },
+        },
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+    if conf["broker_url"].startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    elif conf["broker_url"].startswith(("redis://", "rediss://")):
+        conf["broker_transport_options"] = {"visibility_timeout": 3600}
+    return conf
+
+
+class LazyConfig(Mapping[str, Any]):
+    """Celery configuration read from the runtime's settings on first access, not at import."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._values is None:
+            from aftercare.runtime import get_runtime
+
+            self._values = celery_settings(get_runtime().settings)
+        return self._values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())

@@ -1,0 +1,94 @@
+"""Thin tasks: take ids, call a service, return a small summary. Arguments are ids only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from celery import Task
+
+from aftercare.reminders import delivery, dispatch
+from aftercare.reminders.compose import Clinic
+from aftercare.runtime import Runtime, get_runtime
+from aftercare.worker.app import app
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = timedelta(minutes=5)
+
+
+class AftercareTask(Task):  # type: ignore[misc]
+    """Shared plumbing: the runtime (database, clock, transports) and delivery dependencies."""
+
+    @property
+    def runtime(self) -> Runtime:
+        return get_runtime()
+
+    def deps(self) -> delivery.Deps:
+        rt = self.runtime
+        settings = rt.settings
+        return delivery.Deps(
+            db=rt.db,
+            clock=rt.clock,
+            quiet=rt.quiet,
+            registry=rt.registry,
+            renderer=rt.renderer,
+            clinic=Clinic(
+                name=settings.clinic_name,
+                phone=settings.clinic_phone,
+                public_base_url=settings.public_base_url,
+                email_from=settings.email_from,
+                secret_key=settings.effective_secret_key(),
+            ),
+            transports={"sms": rt.transport("sms"), "email": rt.transport("email")},
+        )
+
+
+def publish_send(ids: Sequence[int]) -> None:
+    send_reminders.apply_async(args=[list(ids)])
+
+
+@app.task(base=AftercareTask, bind=True, name="aftercare.dispatch")
+def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
+    """Claim due reminders and enqueue send tasks carrying their ids."""
+    rt = self.runtime
+    summary = dispatch.dispatch_due(
+        db=rt.db,
+        clock=rt.clock,
+        publish=publish_send,
+        batch_size=rt.settings.dispatch_batch,
+        chunk_size=rt.settings.send_batch,
+        time_budget=rt.settings.dispatch_interval * 0.8,
+    )
+    if summary.claimed:
+        log.info("dispatched %s", summary.as_dict())
+    return summary.as_dict()
+
+
+@app.task(base=AftercareTask, bind=True, name="aftercare.send")
+def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, int]:
+    """Deliver each reminder in the batch; each one is idempotent on its own."""
+    deps = self.deps()
+    outcomes: dict[str, int] = {}
+    for reminder_id in reminder_ids:
+        outcome = delivery.deliver(deps=deps, reminder_id=int(reminder_id))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+@app.task(base=AftercareTask, bind=True, name="aftercare.recover")
+def recover(self: AftercareTask) -> dict[str, Any]:
+    """Requeue reminders whose broker message was lost; reconcile ones left mid-send."""
+    rt = self.runtime
+    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=STALE_AFTER)
+    deps = self.deps()
+    reconciled: dict[str, int] = {}
+    for reminder_id in dispatch.stale_sending(db=rt.db, clock=rt.clock, stale_after=STALE_AFTER):
+        outcome = delivery.reconcile(deps=deps, reminder_id=reminder_id)
+        reconciled[outcome] = reconciled.get(outcome, 0) + 1
+    summary = {"requeued": requeued, "reconciled": reconciled}
+    if requeued or reconciled:
+        log.info("recovered %s", summary)
+    return summary
