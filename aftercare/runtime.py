@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from aftercare.channels.base import Transport
 from aftercare.clock import Clock, clock_from_setting
@@ -15,6 +16,9 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.settings import Settings
 from aftercare.storage.db import Database
+
+if TYPE_CHECKING:
+    from aftercare.reminders.delivery import Deps
 
 
 @dataclass
@@ -41,6 +45,28 @@ class Runtime:
     @property
     def quiet(self) -> QuietHours:
         return self.settings.quiet
+
+    def delivery_deps(self) -> Deps:
+        """Everything :mod:`aftercare.reminders.delivery` needs, from this runtime."""
+        from aftercare.reminders.compose import Clinic
+        from aftercare.reminders.delivery import Deps
+
+        settings = self.settings
+        return Deps(
+            db=self.db,
+            clock=self.clock,
+            quiet=self.quiet,
+            registry=self.registry,
+            renderer=self.renderer,
+            clinic=Clinic(
+                name=settings.clinic_name,
+                phone=settings.clinic_phone,
+                public_base_url=settings.public_base_url,
+                email_from=settings.email_from,
+                secret_key=settings.effective_secret_key(),
+            ),
+            transports={"sms": self.transport("sms"), "email": self.transport("email")},
+        )
 
     def transport(self, channel: str) -> Transport:
         """The configured transport for ``sms`` or ``email`` (built once)."""

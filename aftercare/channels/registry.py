@@ -10,17 +10,17 @@ from aftercare.settings import Settings
 
 def build_transport(channel: str, settings: Settings) -> Transport:
     if channel == "sms":
-        name = settings.sms_transport
-        if name == "console":
+        sms = settings.sms_transport
+        if sms == "console":
             return ConsoleTransport("sms")
-        if name == "outbox":
+        if sms == "outbox":
             return OutboxTransport("sms", settings.outbox_dir)
-        raise ValueError(f"SMS transport {name!r} is not available yet")
+        raise ValueError(f"SMS transport {sms!r} is not available yet")
     if channel == "email":
-        name = settings.email_transport
-        if name == "console":
+        email = settings.email_transport
+        if email == "console":
             return ConsoleTransport("email")
-        if name == "outbox":
+        if email == "outbox":
             return OutboxTransport("email", settings.outbox_dir, sender=settings.email_from)
-        raise ValueError(f"email transport {name!r} is not available yet")
+        raise ValueError(f"email transport {email!r} is not available yet")
     raise ValueError(f"unknown channel {channel!r}")

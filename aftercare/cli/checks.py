@@ -21,23 +21,29 @@ def run_checks(rt: Runtime) -> list[str]:
         return [f"{rt.settings.schedules_dir}: no regimen files (*.yaml)"]
     renderer = MessageRenderer(rt.settings.templates_dir)
     for regimen in registry:
-        typer.echo(f"regimen {regimen.id} (v{regimen.version}, {regimen.source}): "
-                   f"{len(regimen.steps)} steps")
+        typer.echo(
+            f"regimen {regimen.id} (v{regimen.version}, {regimen.source}): "
+            f"{len(regimen.steps)} steps"
+        )
         for step in regimen.steps:
             for label, clinic in (("sample", None), ("configured", rt.settings.clinic_name)):
-                extra = {} if clinic is None else {
-                    "clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone
-                }
+                extra = (
+                    {}
+                    if clinic is None
+                    else {"clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone}
+                )
                 context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
                 try:
                     sms = renderer.render_sms(step.template, context)
                     if label == "sample":
-                        typer.echo(f"  sms   {step.template:<16} {sms.encoding}, "
-                                   f"{sms.segments} segment(s), {len(sms.body)} chars")
+                        typer.echo(
+                            f"  sms   {step.template:<16} {sms.encoding}, "
+                            f"{sms.segments} segment(s), {len(sms.body)} chars"
+                        )
                 except TemplateError as exc:
-                    faults.append(f"{str(exc)} (with {label} clinic details)")
+                    faults.append(f"{exc!s} (with {label} clinic details)")
                 try:
                     renderer.render_email(step.template, context)
                 except TemplateError as exc:
-                    faults.append(f"{str(exc)} (with {label} clinic details)")
+                    faults.append(f"{exc!s} (with {label} clinic details)")
     return sorted(set(faults), key=faults.index)

@@ -60,9 +60,12 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
     folder = data_dir or Path(tempfile.mkdtemp(prefix="aftercare-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     env = _env(folder)
-    settings = Settings(
-        **{k.removeprefix("AFTERCARE_").lower(): v for k, v in env.items()
-           if k.startswith("AFTERCARE_")}
+    settings = Settings.model_validate(
+        {
+            k.removeprefix("AFTERCARE_").lower(): v
+            for k, v in env.items()
+            if k.startswith("AFTERCARE_")
+        }
     )
     rt = Runtime(settings)
     set_runtime(rt)
@@ -76,8 +79,12 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
     upgrade(settings.effective_database_url)
     params: dict[str, object] = {} if daily_days is None else {"daily_days": daily_days}
     request = SessionRequest(
-        name="Alex Morgan", phone="07911 123456", email="alex.morgan@example.com",
-        timezone=timezone, channels=("sms", "email"), treated_at=start.isoformat(),
+        name="Alex Morgan",
+        phone="07911 123456",
+        email="alex.morgan@example.com",
+        timezone=timezone,
+        channels=("sms", "email"),
+        treated_at=start.isoformat(),
         parameters=params,
     )
     valid = validate_request(request, registry=rt.registry, quiet=rt.quiet, now=start)
@@ -85,8 +92,10 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
         session_id = record_session(db_session=db_session, valid=valid, now=start).id
     total = len([r for r in valid.plan if r.state == "scheduled"])
     print(f"Demo data in {folder}")
-    print(f"Enrolled session {session_id}: treated {start.astimezone(zone):%a %d %b %Y %H:%M} "
-          f"({timezone}); {total} reminders planned. Playing the regimen on a fast clock...\n")
+    print(
+        f"Enrolled session {session_id}: treated {start.astimezone(zone):%a %d %b %Y %H:%M} "
+        f"({timezone}); {total} reminders planned. Playing the regimen on a fast clock...\n"
+    )
     base = [sys.executable, "-m", "aftercare.cli.main"]
     logs = (folder / "demo.log").open("ab")
     procs = [
@@ -105,8 +114,10 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
         logs.close()
-    print(f"\n{delivered} of {total} messages delivered through dispatcher, worker and outbox "
-          f"in {time.monotonic() - began:.0f} s of real time.")
+    print(
+        f"\n{delivered} of {total} messages delivered through dispatcher, worker and outbox "
+        f"in {time.monotonic() - began:.0f} s of real time."
+    )
     return 0 if delivered == total else 1
 
 
@@ -125,9 +136,9 @@ def _play(rt: Runtime, clock: FileClock, zone: ZoneInfo, folder: Path) -> int:
         while True:
             with rt.db.session() as db_session:
                 pending = db_session.scalar(
-                    select(func.count()).select_from(Reminder).where(
-                        Reminder.state.in_(IN_FLIGHT), Reminder.due_at <= clock.now()
-                    )
+                    select(func.count())
+                    .select_from(Reminder)
+                    .where(Reminder.state.in_(IN_FLIGHT), Reminder.due_at <= clock.now())
                 )
             if not pending:
                 break

@@ -183,8 +183,11 @@ def enrol(
         session_id, patient_id = session.id, session.patient_id
     zone = ZoneInfo(valid.timezone)
     if as_json:
-        out = {"id": session_id, "patient_id": patient_id,
-               "reminders": _timeline_rows(valid.plan, zone)}
+        out = {
+            "id": session_id,
+            "patient_id": patient_id,
+            "reminders": _timeline_rows(valid.plan, zone),
+        }
         typer.echo(json.dumps(out, indent=2))
         return
     typer.echo(f"Recorded session {session_id} for patient {patient_id}.")

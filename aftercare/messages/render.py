@@ -58,10 +58,12 @@ class MessageRenderer:
     def __init__(self, templates_dir: Path, *, max_sms_segments: int = 2) -> None:
         self.templates_dir = templates_dir
         self.max_sms_segments = max_sms_segments
-        self._root = os.path.normpath(os.fspath(templates_dir))
+        # Absolute, so that the files named in errors match Jinja's traceback frames whatever
+        # the working directory.
+        self._root = os.path.abspath(templates_dir)
         # Building the environment touches no file: templates are read on first use.
         self._env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(templates_dir),
+            loader=jinja2.FileSystemLoader(self._root),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
             trim_blocks=True,
@@ -114,7 +116,7 @@ class MessageRenderer:
         try:
             return self._env.get_template(name).render(dict(context))
         except jinja2.TemplateSyntaxError as exc:
-            file = exc.filename or self._path(exc.name or name)
+            file = os.path.abspath(exc.filename) if exc.filename else self._path(exc.name or name)
             raise TemplateError(file, exc.message or "syntax error", exc.lineno) from exc
         except jinja2.TemplateNotFound as exc:
             raise self._error(name, exc, f"template not found: {exc.name}") from exc
@@ -133,7 +135,7 @@ class MessageRenderer:
         file, line = self._path(name), None
         tb: TracebackType | None = exc.__traceback__
         while tb is not None:
-            frame_file = os.path.normpath(tb.tb_frame.f_code.co_filename)
+            frame_file = os.path.abspath(tb.tb_frame.f_code.co_filename)
             # Jinja rewrites tracebacks so that template frames carry the template's file name.
             if frame_file.startswith(self._root + os.sep):
                 file, line = frame_file, tb.tb_lineno

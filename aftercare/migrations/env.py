@@ -8,7 +8,7 @@ from aftercare.storage.db import make_engine
 from aftercare.storage.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+url: str = config.get_main_option("sqlalchemy.url") or ""
 assert url, "aftercare migrate sets sqlalchemy.url"
 
 

@@ -1,4 +1,7 @@
-"""Read and validate regimen YAML files. A bad file is refused with file, line, key path and reason."""
+"""Read and validate regimen YAML files.
+
+A bad file is refused with its file name, line, key path and the reason.
+"""
 
 from __future__ import annotations
 
@@ -121,7 +124,9 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
 def _only(ctx: _Ctx, path: list[str | int], data: dict[str, Any], allowed: set[str]) -> None:
     for key in data:
         if key not in allowed:
-            raise ctx.fail([*path, str(key)], f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise ctx.fail(
+                [*path, str(key)], f"unknown key (allowed: {', '.join(sorted(allowed))})"
+            )
 
 
 def _ident(ctx: _Ctx, path: list[str | int], value: Any) -> str:
@@ -232,8 +237,10 @@ def _when(
     earlier: dict[str, Step],
 ) -> When:
     if not isinstance(data, dict):
-        raise ctx.fail(path, "must be a mapping: {elapsed}, {day, time}, {next, after_step} or "
-                       "{same_day_as, time}")
+        raise ctx.fail(
+            path,
+            "must be a mapping: {elapsed}, {day, time}, {next, after_step} or {same_day_as, time}",
+        )
     if "elapsed" in data:
         _only(ctx, path, data, {"elapsed"})
         return Elapsed(_duration(ctx, [*path, "elapsed"], data["elapsed"]))
@@ -260,8 +267,18 @@ def _steps(ctx: _Ctx, data: Any, parameters: dict[str, Parameter]) -> tuple[Step
     if not isinstance(data, list) or not data:
         raise ctx.fail(["steps"], "must be a non-empty list")
     steps: dict[str, Step] = {}
-    allowed = {"id", "title", "template", "at", "channels", "channel_mode", "repeat",
-               "valid_for", "critical", "catch_up"}
+    allowed = {
+        "id",
+        "title",
+        "template",
+        "at",
+        "channels",
+        "channel_mode",
+        "repeat",
+        "valid_for",
+        "critical",
+        "catch_up",
+    }
     for index, spec in enumerate(data):
         path: list[str | int] = ["steps", index]
         if not isinstance(spec, dict):

@@ -16,7 +16,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aftercare.channels.base import LookupUnsupported, Message, SendResult, Transport, TransportError
+from aftercare.channels.base import (
+    LookupUnsupported,
+    Message,
+    SendResult,
+    Transport,
+    TransportError,
+)
 from aftercare.clock import Clock
 from aftercare.messages.render import MessageRenderer, TemplateError
 from aftercare.planning.quiet import QuietHours
@@ -82,7 +88,11 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
         if hold is not None:
             target, reason = hold
             states.transition(
-                db_session, [reminder_id], source=states.QUEUED, target=target, now=now,
+                db_session,
+                [reminder_id],
+                source=states.QUEUED,
+                target=target,
+                now=now,
                 reason=reason,
             )
             return target
@@ -90,24 +100,42 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
         if reminder.channel == "sms" and deps.quiet.contains(now.astimezone(zone).time()):
             # Late work (a backlog, a retry) never texts a patient at night.
             states.transition(
-                db_session, [reminder_id], source=states.QUEUED, target=states.SCHEDULED,
-                now=now, due_at=deps.quiet.defer(now, zone), reason="deferred by quiet hours",
+                db_session,
+                [reminder_id],
+                source=states.QUEUED,
+                target=states.SCHEDULED,
+                now=now,
+                due_at=deps.quiet.defer(now, zone),
+                reason="deferred by quiet hours",
             )
             return "deferred"
         try:
             message = compose(
-                reminder=reminder, session=session, patient=patient, registry=deps.registry,
-                renderer=deps.renderer, quiet=deps.quiet, clinic=deps.clinic,
+                reminder=reminder,
+                session=session,
+                patient=patient,
+                registry=deps.registry,
+                renderer=deps.renderer,
+                quiet=deps.quiet,
+                clinic=deps.clinic,
             )
         except (TemplateError, MissingAddress, KeyError) as exc:
             states.transition(
-                db_session, [reminder_id], source=states.QUEUED, target=states.FAILED, now=now,
+                db_session,
+                [reminder_id],
+                source=states.QUEUED,
+                target=states.FAILED,
+                now=now,
                 reason=f"cannot compose: {type(exc).__name__}",
             )
             log.error("reminder %s cannot be composed (%s)", reminder_id, type(exc).__name__)
             return states.FAILED
         if not states.transition(
-            db_session, [reminder_id], source=states.QUEUED, target=states.SENDING, now=now,
+            db_session,
+            [reminder_id],
+            source=states.QUEUED,
+            target=states.SENDING,
+            now=now,
             attempts=reminder.attempts + 1,
         ):
             return "not-queued"
@@ -124,7 +152,14 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
         result = transport.send(message)
     except TransportError as exc:
         if exc.ambiguous:
-            return _settle_ambiguous(deps, reminder_id, attempt_id, message, transport, now)
+            return _settle_ambiguous(
+                deps,
+                reminder_id=reminder_id,
+                attempt_id=attempt_id,
+                message=message,
+                transport=transport,
+                started=now,
+            )
         return _record_failure(deps, reminder_id, attempt_id, attempts, exc)
     _record_sent(deps, reminder_id, attempt_id, result, outcome="sent")
     return states.SENT
@@ -141,8 +176,13 @@ def _record_sent(
         attempt.provider_id = result.provider_id
         attempt.provider_status = result.status
         states.transition(
-            db_session, [reminder_id], source=states.SENDING, target=states.SENT, now=now,
-            sent_at=now, reason=None,
+            db_session,
+            [reminder_id],
+            source=states.SENDING,
+            target=states.SENT,
+            now=now,
+            sent_at=now,
+            reason=None,
         )
     log.info("reminder %s sent (attempt %s)", reminder_id, attempt_id)
 
@@ -163,8 +203,12 @@ def _record_failure(
             if not exc.permanent:
                 reason = f"gave up after {attempts} attempts ({exc.code or 'transient'})"
             states.transition(
-                db_session, [reminder_id], source=states.SENDING, target=states.FAILED,
-                now=now, reason=reason,
+                db_session,
+                [reminder_id],
+                source=states.SENDING,
+                target=states.FAILED,
+                now=now,
+                reason=reason,
             )
             log.warning("reminder %s failed (code %s)", reminder_id, exc.code)
             return states.FAILED
@@ -174,8 +218,13 @@ def _record_failure(
             session = db_session.get_one(TreatmentSession, reminder.session_id)
             due = deps.quiet.defer(due, ZoneInfo(session.timezone))
         states.transition(
-            db_session, [reminder_id], source=states.SENDING, target=states.SCHEDULED, now=now,
-            due_at=due, reason=f"retry after transient error {exc.code or ''}".strip(),
+            db_session,
+            [reminder_id],
+            source=states.SENDING,
+            target=states.SCHEDULED,
+            now=now,
+            due_at=due,
+            reason=f"retry after transient error {exc.code or ''}".strip(),
         )
     log.info("reminder %s will be retried (attempt %s, code %s)", reminder_id, attempts, exc.code)
     return "retry"
@@ -183,6 +232,7 @@ def _record_failure(
 
 def _settle_ambiguous(
     deps: Deps,
+    *,
     reminder_id: int,
     attempt_id: int,
     message: Message,
@@ -201,13 +251,28 @@ def _settle_ambiguous(
     if found is not None:
         _record_sent(deps, reminder_id, attempt_id, found, outcome="reconciled")
         return states.SENT
+    # The provider never got it: send again now (no backoff; the provider was not at fault).
+    now = deps.clock.now()
     with deps.db.session() as db_session:
-        attempts = db_session.get_one(Reminder, reminder_id).attempts
-    return _record_failure(
-        deps, reminder_id, attempt_id, attempts,
-        TransportError("no record at the provider after an ambiguous send", permanent=False,
-                       code="lost"),
-    )
+        attempt = db_session.get_one(DeliveryAttempt, attempt_id)
+        attempt.outcome = "lost"
+        attempt.finished_at = now
+        reminder = db_session.get_one(Reminder, reminder_id)
+        due = now
+        if reminder.channel == "sms":
+            session = db_session.get_one(TreatmentSession, reminder.session_id)
+            due = deps.quiet.defer(now, ZoneInfo(session.timezone))
+        states.transition(
+            db_session,
+            [reminder_id],
+            source=states.SENDING,
+            target=states.SCHEDULED,
+            now=now,
+            due_at=due,
+            reason="resent: the provider has no record of the earlier attempt",
+        )
+    log.info("reminder %s: earlier attempt %s never reached the provider", reminder_id, attempt_id)
+    return "resend"
 
 
 def reconcile(*, deps: Deps, reminder_id: int) -> str:
@@ -223,18 +288,30 @@ def reconcile(*, deps: Deps, reminder_id: int) -> str:
             .limit(1)
         ).first()
         message = compose(
-            reminder=reminder, session=session, patient=patient, registry=deps.registry,
-            renderer=deps.renderer, quiet=deps.quiet, clinic=deps.clinic,
+            reminder=reminder,
+            session=session,
+            patient=patient,
+            registry=deps.registry,
+            renderer=deps.renderer,
+            quiet=deps.quiet,
+            clinic=deps.clinic,
         )
         if attempt is None:
             # Died between the state change and the attempt insert: nothing was sent.
             attempt = DeliveryAttempt(
-                reminder_id=reminder_id, transport=deps.transports[reminder.channel].name,
-                started_at=reminder.updated_at, outcome="pending",
+                reminder_id=reminder_id,
+                transport=deps.transports[reminder.channel].name,
+                started_at=reminder.updated_at,
+                outcome="pending",
             )
             db_session.add(attempt)
             db_session.flush()
         attempt_id, started = attempt.id, attempt.started_at
     return _settle_ambiguous(
-        deps, reminder_id, attempt_id, message, deps.transports[reminder.channel], started
+        deps,
+        reminder_id=reminder_id,
+        attempt_id=attempt_id,
+        message=message,
+        transport=deps.transports[reminder.channel],
+        started=started,
     )

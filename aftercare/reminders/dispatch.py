@@ -54,9 +54,7 @@ def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
     )
     ids = list(db_session.scalars(due))
     moved = set(
-        states.transition(
-            db_session, ids, source=states.SCHEDULED, target=states.QUEUED, now=now
-        )
+        states.transition(db_session, ids, source=states.SCHEDULED, target=states.QUEUED, now=now)
     )
     return [i for i in ids if i in moved]
 

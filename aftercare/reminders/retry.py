@@ -17,4 +17,4 @@ def backoff(attempt: int, *, rng: random.Random | None = None) -> timedelta:
     """Delay before retry number ``attempt`` (1-based): between half and all of base*2^(n-1)."""
     ceiling = min(CAP, BASE * (2 ** max(attempt - 1, 0)))
     fraction = 0.5 + 0.5 * (rng or _rng).random()
-    return ceiling * fraction
+    return timedelta(seconds=ceiling.total_seconds() * fraction)

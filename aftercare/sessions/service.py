@@ -86,7 +86,9 @@ def validate_request(
     zone = _collect(errors, clean_timezone, request.timezone, (*patient_loc, "timezone"))
     treated_at = _collect(errors, clean_instant, request.treated_at, ("treated_at",))
     if request.consent is not True:
-        errors.append(FieldError(("consent",), "the patient's consent to messages must be confirmed"))
+        errors.append(
+            FieldError(("consent",), "the patient's consent to messages must be confirmed")
+        )
     if request.contraindications_checked is not True:
         errors.append(
             FieldError(
@@ -115,7 +117,8 @@ def validate_request(
         errors.append(FieldError(("treated_at",), "is more than a day in the future"))
     if errors:
         raise ValidationFailed(errors)
-    assert regimen is not None and treated_at is not None
+    assert regimen is not None
+    assert treated_at is not None
     planned = plan(
         regimen=regimen,
         treated_at=treated_at,
@@ -127,7 +130,11 @@ def validate_request(
     )
     if not any(r.state == "scheduled" for r in planned) or _regimen_over(planned, now):
         raise ValidationFailed(
-            [FieldError(("treated_at",), "is older than the regimen: its aftercare is already over")]
+            [
+                FieldError(
+                    ("treated_at",), "is older than the regimen: its aftercare is already over"
+                )
+            ]
         )
     return ValidSession(
         name=name,

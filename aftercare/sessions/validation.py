@@ -85,7 +85,9 @@ def clean_email(value: object, loc: Loc) -> str:
 
 def clean_timezone(value: object, loc: Loc) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValidationFailed([FieldError(loc, "is required (an IANA name such as Europe/London)")])
+        raise ValidationFailed(
+            [FieldError(loc, "is required (an IANA name such as Europe/London)")]
+        )
     name = value.strip()
     if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
         raise ValidationFailed([FieldError(loc, f"{name[:64]!r} is not an IANA time zone")])

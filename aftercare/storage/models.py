@@ -7,7 +7,7 @@ planned reminders, and delivery only ever moves a reminder's ``state`` forward.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -36,7 +36,10 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
 
 
 class Patient(Base):
@@ -149,7 +152,7 @@ class DeliveryAttempt(Base):
     transport: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
-    # pending | sent | transient | permanent | reconciled
+    # pending | sent | transient | permanent | reconciled (found at the provider) | lost (not)
     outcome: Mapped[str] = mapped_column(String(16), default="pending")
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
     provider_status: Mapped[str | None] = mapped_column(String(32))

@@ -10,7 +10,6 @@ from typing import Any
 from celery import Task
 
 from aftercare.reminders import delivery, dispatch
-from aftercare.reminders.compose import Clinic
 from aftercare.runtime import Runtime, get_runtime
 from aftercare.worker.app import app
 
@@ -27,23 +26,7 @@ class AftercareTask(Task):  # type: ignore[misc]
         return get_runtime()
 
     def deps(self) -> delivery.Deps:
-        rt = self.runtime
-        settings = rt.settings
-        return delivery.Deps(
-            db=rt.db,
-            clock=rt.clock,
-            quiet=rt.quiet,
-            registry=rt.registry,
-            renderer=rt.renderer,
-            clinic=Clinic(
-                name=settings.clinic_name,
-                phone=settings.clinic_phone,
-                public_base_url=settings.public_base_url,
-                email_from=settings.email_from,
-                secret_key=settings.effective_secret_key(),
-            ),
-            transports={"sms": rt.transport("sms"), "email": rt.transport("email")},
-        )
+        return self.runtime.delivery_deps()
 
 
 def publish_send(ids: Sequence[int]) -> None:

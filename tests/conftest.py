@@ -1,0 +1,156 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a real Redis database, runtimes.
+
+PostgreSQL and Redis are required. When they cannot be reached the tests that need them
+*fail* (never skip), unless AFTERCARE_TEST_ALLOW_SKIP=1 is set explicitly on a laptop.
+Each run gets its own PostgreSQL database and its own Redis database number, so runs on the
+same machine never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+
+from aftercare.clock import FixedClock
+from aftercare.runtime import Runtime, set_runtime
+from aftercare.settings import Settings
+from aftercare.storage.db import Database
+from aftercare.storage.migrate import upgrade
+from aftercare.storage.models import Base
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get(
+    "AFTERCARE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("AFTERCARE_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_LOCK = "aftercare:test-run-lock"
+TEST_SECRET = "test-secret-key-not-for-production-0123456789"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is required for this test and cannot be reached: {exc}"
+    if os.environ.get("AFTERCARE_TEST_ALLOW_SKIP") == "1":
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test run; dropped at the end."""
+    name = f"aftercare_t_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        _unavailable("PostgreSQL", exc)
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number that no other test run is using (claimed with a lock key)."""
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    for number in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{number}")
+        if client.set(REDIS_LOCK, token, nx=True, ex=3600):
+            client.flushdb()
+            client.set(REDIS_LOCK, token, ex=3600)
+            yield number
+            client.flushdb()
+            return
+    pytest.fail("no free Redis database number (1-15) for this test run")
+
+
+@pytest.fixture
+def redis_url(redis_db: int) -> Iterator[str]:
+    """The run's Redis database, emptied before each test (the run lock is kept)."""
+    client = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
+    lock = client.get(REDIS_LOCK)
+    client.flushdb()
+    if lock:
+        client.set(REDIS_LOCK, lock, ex=3600)
+    yield f"{REDIS_URL}/{redis_db}"
+
+
+def _truncate(db: Database) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with db.engine.begin() as conn:
+        if db.is_postgres:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - our own table names
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'aftercare.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that takes this runs twice: on SQLite and on PostgreSQL (emptied after)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_url")
+        return
+    url = request.getfixturevalue("pg_url")
+    yield url
+    db = Database(url)
+    _truncate(db)
+    db.dispose()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "sms_transport": "outbox",
+        "email_transport": "outbox",
+        "secret_key": TEST_SECRET,
+        "clinic_name": "Riverside Vein Clinic",
+        "clinic_phone": "020 7946 0000",
+        "schedules_dir": REPO / "schedules",
+        "templates_dir": REPO / "templates",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 3, 2, 10, 30, tzinfo=UTC))
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[Runtime]:
+    """A runtime on a real database (SQLite and PostgreSQL), outbox transports, a fixed clock."""
+    rt = Runtime(make_settings(tmp_path, database_url=database_url))
+    rt.clock = clock
+    set_runtime(rt)
+    yield rt
+    set_runtime(None)
+    rt.db.dispose()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **overrides: make_settings(tmp_path, **overrides)
