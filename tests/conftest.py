@@ -80,14 +80,14 @@ def redis_db() -> Iterator[int]:
 
 
 @pytest.fixture
-def redis_url(redis_db: int) -> Iterator[str]:
+def redis_url(redis_db: int) -> str:
     """The run's Redis database, emptied before each test (the run lock is kept)."""
     client = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
     lock = client.get(REDIS_LOCK)
     client.flushdb()
     if lock:
         client.set(REDIS_LOCK, lock, ex=3600)
-    yield f"{REDIS_URL}/{redis_db}"
+    return f"{REDIS_URL}/{redis_db}"
 
 
 def _truncate(db: Database) -> None:
@@ -97,7 +97,7 @@ def _truncate(db: Database) -> None:
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
             for table in tables:
-                conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - our own table names
+                conn.execute(text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ def test_four_dispatchers_racing_then_every_due_reminder_claimed_exactly_once(
         due = s.scalar(
             select(func.count()).select_from(Reminder).where(Reminder.state == states.SCHEDULED)
         )
-    assert due is not None and due > 1000
+    assert due is not None
+    assert due > 1000
     claims: list[list[int]] = [[] for _ in range(4)]
     start = threading.Barrier(4)
 

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -121,18 +122,31 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
     return 0 if delivered == total else 1
 
 
-def _play(rt: Runtime, clock: FileClock, zone: ZoneInfo, folder: Path) -> int:
-    seen: set[Path] = set()
-    delivered = 0
+class Stalled(RuntimeError):
+    """The worker did not finish what was due within the step timeout."""
+
+
+def play(
+    rt: Runtime,
+    clock: FileClock,
+    *,
+    on_step: Callable[[datetime], None],
+    step_timeout: float = STEP_TIMEOUT,
+) -> None:
+    """Move the shared clock from one due time to the next until nothing is left to send.
+
+    After each move, wait until every reminder due by then has left scheduled/queued/sending
+    (delivered by the real beat, dispatcher and worker processes), then call ``on_step``.
+    """
     while True:
         with rt.db.session() as db_session:
             next_due = db_session.scalar(
                 select(func.min(Reminder.due_at)).where(Reminder.state == states.SCHEDULED)
             )
         if next_due is None:
-            return delivered
+            return
         clock.set(max(next_due, clock.now()))
-        deadline = time.monotonic() + STEP_TIMEOUT
+        deadline = time.monotonic() + step_timeout
         while True:
             with rt.db.session() as db_session:
                 pending = db_session.scalar(
@@ -143,15 +157,26 @@ def _play(rt: Runtime, clock: FileClock, zone: ZoneInfo, folder: Path) -> int:
             if not pending:
                 break
             if time.monotonic() > deadline:
-                print("The worker did not deliver in time; is something else using the folder?")
-                return delivered
+                raise Stalled(f"{pending} reminder(s) due at {clock.now()} were not delivered")
             time.sleep(0.05)
-        for path in sorted((folder / "outbox").glob("*/*"), key=lambda p: p.stat().st_mtime_ns):
+        on_step(clock.now())
+        clock.set(clock.now() + timedelta(seconds=1))
+
+
+def _play(rt: Runtime, clock: FileClock, zone: ZoneInfo, folder: Path) -> int:
+    seen: set[Path] = set()
+
+    def show(now: datetime) -> None:
+        outbox = sorted((folder / "outbox").glob("*/*"), key=lambda p: p.stat().st_mtime_ns)
+        for path in outbox:
             if path in seen or path.suffix not in (".json", ".eml"):
                 continue
             seen.add(path)
-            delivered += 1
             channel = path.parent.name.upper()
-            local = clock.now().astimezone(zone)
-            print(f"[{local:%a %d %b %H:%M}] {channel:<5} {_describe(path)}")
-        clock.set(clock.now() + timedelta(seconds=1))
+            print(f"[{now.astimezone(zone):%a %d %b %H:%M}] {channel:<5} {_describe(path)}")
+
+    try:
+        play(rt, clock, on_step=show)
+    except Stalled as exc:
+        print(f"The worker stopped delivering: {exc}")
+    return len(seen)

@@ -47,6 +47,16 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def fail_validation(exc: ValidationFailed) -> NoReturn:
+    """Report the first bad field by its flag's name (``patient.channels.0`` -> ``channels``)."""
+    if not exc.errors:
+        fail(str(exc))
+    first = exc.errors[0]
+    names = [part for part in first.loc if isinstance(part, str)]
+    field = names[-1].replace("_", "-") if names else "input"
+    fail(f"{field}: {first.msg}")
+
+
 def _runtime() -> Runtime:
     try:
         return get_runtime()
@@ -120,7 +130,7 @@ def preview(
         the_regimen = registry.get(regimen)
         params = the_regimen.resolve_parameters(_parameters(daily_days, checkin_week))
     except ValidationFailed as exc:
-        fail(str(exc.errors[0]).replace("_", "-", 1) if exc.errors else str(exc))
+        fail_validation(exc)
     except ParameterError as exc:
         fail(f"{exc.name.replace('_', '-')}: {exc.reason}")
     except KeyError as exc:
@@ -174,9 +184,7 @@ def enrol(
     try:
         valid = validate_request(request, registry=registry, quiet=rt.quiet, now=now)
     except ValidationFailed as exc:
-        first = exc.errors[0]
-        field = str(first.loc[-1]).replace("_", "-")
-        fail(f"{field}: {first.msg}")
+        fail_validation(exc)
     _ensure_schema(rt)
     with rt.db.session() as db_session:
         session = record_session(db_session=db_session, valid=valid, now=now)
@@ -251,6 +259,26 @@ def worker(
         "--without-heartbeat",
     ]
     app.worker_main(argv)
+
+
+@cli.command("dispatch")
+def dispatch_once() -> None:
+    """Claim due reminders once and hand their ids to the broker (beat does this every few
+    seconds; this is for operators and scripts)."""
+    from aftercare.reminders.dispatch import dispatch_due
+    from aftercare.worker.tasks import publish_send
+
+    rt = _runtime()
+    _ensure_schema(rt)
+    summary = dispatch_due(
+        db=rt.db,
+        clock=rt.clock,
+        publish=publish_send,
+        batch_size=rt.settings.dispatch_batch,
+        chunk_size=rt.settings.send_batch,
+        time_budget=60.0,
+    )
+    typer.echo(json.dumps(summary.as_dict()))
 
 
 @cli.command()

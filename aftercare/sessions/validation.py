@@ -88,6 +88,10 @@ def clean_timezone(value: object, loc: Loc) -> str:
         raise ValidationFailed(
             [FieldError(loc, "is required (an IANA name such as Europe/London)")]
         )
+    # A newline or other control character is broken input (a mangled CSV cell, a pasted
+    # header): refused as phone and email refuse it, never silently trimmed into a valid zone.
+    if _has_control_chars(value):
+        raise ValidationFailed([FieldError(loc, "contains control or invisible characters")])
     name = value.strip()
     if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
         raise ValidationFailed([FieldError(loc, f"{name[:64]!r} is not an IANA time zone")])
@@ -117,15 +121,20 @@ def clean_instant(value: object, loc: Loc) -> datetime:
     """An ISO-8601 instant that carries a UTC offset."""
     if isinstance(value, datetime):
         parsed = value
-    elif isinstance(value, str) and value.strip() and len(value) <= 64:
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ValidationFailed(
-                [FieldError(loc, "is not an ISO-8601 date and time (e.g. 2026-03-01T10:30+00:00)")]
-            ) from exc
+    elif isinstance(value, str) and value.strip():
+        parsed = _parse_iso(value.strip(), loc)
     else:
         raise ValidationFailed([FieldError(loc, "is required (ISO-8601 with a UTC offset)")])
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValidationFailed([FieldError(loc, "must include a UTC offset, e.g. +00:00")])
     return parsed
+
+
+def _parse_iso(text: str, loc: Loc) -> datetime:
+    bad = FieldError(loc, "is not an ISO-8601 date and time (e.g. 2026-03-01T10:30+00:00)")
+    if len(text) > 64:
+        raise ValidationFailed([bad])
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationFailed([bad]) from exc
