@@ -7,8 +7,9 @@ A pure function: no database, no broker, no clock of its own. Rules:
 * an SMS that falls inside quiet hours moves to the next allowed minute (email does not);
 * catch-up, when a session is recorded after some steps' times have passed: steps marked
   ``catch_up: always`` (welcome, warning signs) go out at once; of all other past steps, only
-  the most recent one still within its ``valid_for`` window (critical steps always are) goes out
-  at once, per channel; every other past step is stored as ``skipped``. Never a burst.
+  the most recent one still within its ``valid_for`` window when it would go out goes out at
+  once, per channel (a critical step only if it is the most recent); every other past step is
+  stored as ``skipped``. Never a burst.
 """
 
 from __future__ import annotations
@@ -155,25 +156,28 @@ def _catch_up(
 ) -> list[PlannedReminder]:
     """Apply the catch-up policy to reminders whose time passed before the session was recorded."""
     always = {s.id for s in regimen.steps if s.catch_up == "always"}
-    past = [r for r in planned if r.due_utc < recorded]
+    past = [i for i, r in enumerate(planned) if r.due_utc < recorded]
     if not past:
         return planned
-    chosen: set[int] = set()
-    for channel in {r.channel for r in past}:
-        candidates = sorted(
-            (i for i, r in enumerate(planned) if r in past and r.channel == channel),
+
+    def send_time(r: PlannedReminder) -> datetime:
+        return quiet.defer(recorded, zone) if r.channel == "sms" else recorded
+
+    chosen: set[int] = {i for i in past if planned[i].step in always}
+    for channel in {planned[i].channel for i in past}:
+        latest_first = sorted(
+            (i for i in past if planned[i].channel == channel and planned[i].step not in always),
             key=lambda i: planned[i].nominal_utc,
             reverse=True,
         )
-        for i in candidates:
+        for rank, i in enumerate(latest_first):
             r = planned[i]
-            if r.step in always:
-                chosen.add(i)
-        for i in candidates:
-            r = planned[i]
-            if r.step in always:
-                continue
-            if r.critical or r.expires_utc is None or r.expires_utc > recorded:
+            # Still useful when it would actually go out (after quiet hours): a "take them off
+            # tonight" note deferred to the next morning is not. A critical step never expires
+            # once planned, but is only caught up while it is still the latest news.
+            if (r.critical and rank == 0) or (
+                not r.critical and (r.expires_utc is None or send_time(r) < r.expires_utc)
+            ):
                 chosen.add(i)
                 break
     out: list[PlannedReminder] = []
@@ -182,9 +186,8 @@ def _catch_up(
             out.append(r)
             continue
         if i in chosen:
-            due = quiet.defer(recorded, zone) if r.channel == "sms" else recorded
-            expires = due + (r.expires_utc - r.due_utc) if r.expires_utc else None
-            out.append(_replace(r, due_utc=due, expires_utc=expires, state="scheduled"))
+            due = send_time(r)
+            out.append(_replace(r, due_utc=due, state="scheduled"))
         else:
             out.append(_replace(r, state="skipped"))
     return out

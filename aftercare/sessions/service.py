@@ -128,7 +128,7 @@ def validate_request(
         quiet=quiet,
         recorded_at=max(now, treated_at),
     )
-    if not any(r.state == "scheduled" for r in planned) or _regimen_over(planned, now):
+    if _regimen_over(planned, regimen):
         raise ValidationFailed(
             [
                 FieldError(
@@ -149,9 +149,10 @@ def validate_request(
     )
 
 
-def _regimen_over(planned: list[PlannedReminder], now: datetime) -> bool:
-    last_nominal = max(r.nominal_utc for r in planned)
-    return last_nominal < now
+def _regimen_over(planned: list[PlannedReminder], regimen: Regimen) -> bool:
+    """Nothing left to do but the catch-up-always steps (welcome, warnings): too late."""
+    always = {s.id for s in regimen.steps if s.catch_up == "always"}
+    return all(r.state == "skipped" or r.step in always for r in planned)
 
 
 def record_session(
