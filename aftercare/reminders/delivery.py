@@ -68,6 +68,8 @@ def _hold_reason(
         return states.PAUSED, "session paused"
     if reminder.channel == "sms" and patient.sms_opted_out_at is not None:
         return states.CANCELLED, "patient opted out of SMS"
+    if reminder.channel == "sms" and patient.sms_blocked_at is not None:
+        return states.CANCELLED, "SMS blocked: the number was refused by the provider"
     if reminder.channel == "email" and patient.email_opted_out_at is not None:
         return states.CANCELLED, "patient unsubscribed from email"
     if reminder.channel not in patient.channel_list:

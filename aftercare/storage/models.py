@@ -19,8 +19,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from aftercare.storage.db import UTCDateTime
@@ -56,6 +56,10 @@ class Patient(Base):
     sms_opted_out_at: Mapped[datetime | None]
     sms_opt_out_source: Mapped[str | None] = mapped_column(String(32))
     email_opted_out_at: Mapped[datetime | None]
+    # A permanent provider error for this number (invalid, landline): no more SMS until staff
+    # fix the number.
+    sms_blocked_at: Mapped[datetime | None]
+    sms_blocked_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
     erased_at: Mapped[datetime | None]
 
@@ -83,6 +87,10 @@ class TreatmentSession(Base):
     consent: Mapped[bool] = mapped_column(Boolean)
     contraindications_checked: Mapped[bool] = mapped_column(Boolean)
     checkin_answer: Mapped[str | None] = mapped_column(String(32))
+    checkin_answered_at: Mapped[datetime | None]
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    paused_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
 
     patient: Mapped[Patient] = relationship(back_populates="sessions")
     reminders: Mapped[list[Reminder]] = relationship(
@@ -107,15 +115,15 @@ class Reminder(Base):
         Index(
             "ix_reminders_due_scheduled",
             "due_at",
-            postgresql_where=text("state = 'scheduled'"),
-            sqlite_where=text("state = 'scheduled'"),
+            postgresql_where=sql_text("state = 'scheduled'"),
+            sqlite_where=sql_text("state = 'scheduled'"),
         ),
         Index(
             "ix_reminders_in_flight",
             "state",
             "updated_at",
-            postgresql_where=text("state IN ('queued', 'sending')"),
-            sqlite_where=text("state IN ('queued', 'sending')"),
+            postgresql_where=sql_text("state IN ('queued', 'sending')"),
+            sqlite_where=sql_text("state IN ('queued', 'sending')"),
         ),
     )
 
@@ -135,6 +143,8 @@ class Reminder(Base):
     sent_at: Mapped[datetime | None]
     # Why it ended where it did (error code, "catch_up", "session cancelled"): never patient data.
     reason: Mapped[str | None] = mapped_column(String(200))
+    # For an email sent because the SMS version failed: that SMS reminder.
+    fallback_of_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
 
     session: Mapped[TreatmentSession] = relationship(back_populates="reminders")
     delivery_attempts: Mapped[list[DeliveryAttempt]] = relationship(
@@ -158,5 +168,122 @@ class DeliveryAttempt(Base):
     provider_status: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_detail: Mapped[str | None] = mapped_column(Text)
+    status_updated_at: Mapped[datetime | None]
 
     reminder: Mapped[Reminder] = relationship(back_populates="delivery_attempts")
+
+
+class InboundMessage(Base):
+    """An SMS received from a patient (or anyone): stored before it is acted on, never dropped."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Twilio's MessageSid: a webhook retried by Twilio is recognised and not acted on twice.
+    provider_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    from_number: Mapped[str] = mapped_column(String(20), index=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    # opt_out | opt_in | help | checkin_answer | urgent | unrecognised
+    kind: Mapped[str] = mapped_column(String(32))
+    checkin_answer: Mapped[str | None] = mapped_column(String(32))
+    response_text: Mapped[str | None] = mapped_column(Text)
+
+
+class Flag(Base):
+    """Something staff must look at: an urgent reply, a failed delivery, a check-in concern."""
+
+    __tablename__ = "flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
+    reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    # urgent_reply | checkin_concern | unrecognised_reply | delivery_failed | stale_reminder
+    kind: Mapped[str] = mapped_column(String(32))
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    resolved_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    resolution_note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "ix_flags_open",
+            "urgent",
+            "created_at",
+            postgresql_where=sql_text("resolved_at IS NULL"),
+            sqlite_where=sql_text("resolved_at IS NULL"),
+        ),
+    )
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(200))
+    # staff | admin
+    role: Mapped[str] = mapped_column(String(16), default="staff")
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API: shown once, stored as a SHA-256 hash, revocable."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A logged-in staff browser session (server side; the cookie holds a random token)."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class LoginAttempt(Base):
+    """Recent login attempts, for rate limiting (keyed by a hash of the email and the client)."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime]
+    success: Mapped[bool] = mapped_column(Boolean)
+
+
+class AuditEvent(Base):
+    """Who did what to which patient, and when. Holds ids only, so it survives erasure."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    # enrol | edit | pause | resume | cancel | erase | resolve_flag | opt_out | opt_in | ...
+    action: Mapped[str] = mapped_column(String(32))
+    patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    session_id: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

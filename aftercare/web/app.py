@@ -1,18 +1,27 @@
-"""The FastAPI application factory."""
+"""The FastAPI application factory: each area of the web face is its own router module."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from aftercare import __version__
+from aftercare.runtime import Runtime, get_runtime
 
 
-def create_app() -> FastAPI:
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
+    from aftercare.web import api, health, pages, unsubscribe, webhooks
+
     app = FastAPI(title="Aftercare", version=__version__)
-
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process is up and answering."""
-        return {"status": "ok"}
-
+    app.state.runtime_override = runtime
+    app.include_router(health.router)
+    app.include_router(api.router)
+    app.include_router(webhooks.router)
+    app.include_router(unsubscribe.router)
+    app.include_router(pages.router)
     return app
+
+
+def app_runtime(app: FastAPI) -> Runtime:
+    override: Runtime | None = app.state.runtime_override
+    return override or get_runtime()

@@ -1,0 +1,7 @@
+"""Routes: webhooks (built in its own issue)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
