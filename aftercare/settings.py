@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     dispatch_batch: int = Field(default=500, ge=1, le=10_000)
     send_batch: int = Field(default=20, ge=1, le=500)
     worker_concurrency: int = Field(default=2, ge=1)
+    # Port for the worker's own Prometheus metrics (0: off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
 
     @model_validator(mode="before")

@@ -35,6 +35,8 @@ REDIS_URL = os.environ.get("AFTERCARE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_LOCK = "aftercare:test-run-lock"
 TEST_SECRET = "test-secret-key-not-for-production-0123456789"
 
+pytest_plugins = ["tests.stacks"]
+
 
 def _unavailable(what: str, exc: Exception) -> None:
     message = f"{what} is required for this test and cannot be reached: {exc}"
@@ -77,6 +79,27 @@ def redis_db() -> Iterator[int]:
             client.flushdb()
             return
     pytest.fail("no free Redis database number (1-15) for this test run")
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> Iterator[str]:
+    """A private RabbitMQ virtual host for this run (created with rabbitmqctl, deleted after)."""
+    import shutil
+    import subprocess
+
+    vhost = f"aftercare_t_{os.getpid()}_{secrets.token_hex(3)}"
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+
+    def run(*args: str) -> None:
+        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+
+    try:
+        run("add_vhost", vhost)
+        run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        _unavailable("RabbitMQ", exc)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    run("delete_vhost", vhost)
 
 
 @pytest.fixture

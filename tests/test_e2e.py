@@ -9,120 +9,25 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
 import redis
 from sqlalchemy import select
 
 from aftercare.cli.demo import play
-from aftercare.clock import FileClock
 from aftercare.reminders import states
-from aftercare.runtime import Runtime, set_runtime
-from aftercare.settings import Settings
+from aftercare.runtime import set_runtime
 from aftercare.storage.db import Database
-from aftercare.storage.migrate import upgrade
 from aftercare.storage.models import Reminder
-from tests.conftest import TEST_SECRET, _truncate
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
+from tests.stacks import TREATED, Stack, sent_log, start_aftercare
 
 pytestmark = pytest.mark.e2e
 
-TREATED = datetime(2026, 3, 20, 9, 15, tzinfo=UTC)  # spans the UK clocks change on 29 March
-PATIENT_DATA = [PATIENT_NAME, PATIENT_NAME.split()[0], PATIENT_PHONE, PATIENT_EMAIL, "07911"]
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    rt: Runtime
-    clock: FileClock
-    data_dir: Path
-    logs: Path
-
-
-def _stack(tmp_path: Path, extra: dict[str, str]) -> Stack:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERCARE_")}
-    env.update(
-        AFTERCARE_DATA_DIR=str(data_dir),
-        AFTERCARE_CLOCK=f"file:{data_dir / 'clock'}",
-        AFTERCARE_SMS_TRANSPORT="outbox",
-        AFTERCARE_EMAIL_TRANSPORT="outbox",
-        AFTERCARE_DISPATCH_INTERVAL="0.3",
-        AFTERCARE_SECRET_KEY=TEST_SECRET,
-        AFTERCARE_LOG_LEVEL="DEBUG",
-        **extra,
-    )
-    settings = Settings.model_validate(
-        {
-            k.removeprefix("AFTERCARE_").lower(): v
-            for k, v in env.items()
-            if k.startswith("AFTERCARE_")
-        }
-    )
-    rt = Runtime(settings)
-    clock = FileClock(data_dir / "clock")
-    rt.clock = clock
-    clock.set(TREATED)
-    return Stack(env=env, rt=rt, clock=clock, data_dir=data_dir, logs=tmp_path / "logs")
-
-
-@pytest.fixture
-def pg_redis_stack(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[Stack]:
-    stack = _stack(tmp_path, {"AFTERCARE_DATABASE_URL": pg_url, "AFTERCARE_BROKER_URL": redis_url})
-    yield stack
-    _truncate(stack.rt.db)
-    stack.rt.db.dispose()
-
-
-@pytest.fixture
-def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = _stack(tmp_path, {})
-    upgrade(stack.rt.settings.effective_database_url)
-    yield stack
-    stack.rt.db.dispose()
-
-
-def _aftercare(stack: Stack, *args: str, name: str) -> subprocess.Popen[bytes]:
-    stack.logs.mkdir(exist_ok=True)
-    with (stack.logs / f"{name}.log").open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "aftercare.cli.main", *args],
-            env=stack.env,
-            stdout=out,
-            stderr=out,
-        )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _sent_log(stack: Stack) -> list[str]:
-    keys: list[str] = []
-    for channel in ("sms", "email"):
-        path = stack.data_dir / "outbox" / channel / "sent.log"
-        if path.exists():
-            keys += path.read_text().split()
-    return keys
+PATIENT_DATA = [PATIENT_NAME, PATIENT_NAME.split()[0], PATIENT_PHONE, PATIENT_EMAIL, "7911123456"]
 
 
 def _run_whole_regimen(
@@ -142,8 +47,8 @@ def _run_whole_regimen(
         )
     finally:
         set_runtime(None)
-    processes.append(_aftercare(stack, "worker", *worker, name="worker"))
-    processes.append(_aftercare(stack, "beat", name="beat"))
+    processes.append(start_aftercare(stack, "worker", *worker, name="worker"))
+    processes.append(start_aftercare(stack, "beat", name="beat"))
     order: list[str] = []
 
     def record(now: datetime) -> None:
@@ -156,7 +61,7 @@ def _run_whole_regimen(
     scheduled = [r for r in reminders if r.state != states.SKIPPED]
     assert len(scheduled) > 60
     assert {r.state for r in scheduled} == {states.SENT}
-    sent = _sent_log(stack)
+    sent = sent_log(stack)
     # Exactly once: every reminder's key appears once, and nothing else was sent.
     assert sorted(sent) == sorted(f"reminder-{r.id}" for r in scheduled)
     # In order: a reminder never reaches the outbox before one that was due earlier.
@@ -187,6 +92,12 @@ def test_whole_regimen_on_postgres_and_redis_reaches_outbox_exactly_once_in_orde
     pg_redis_stack: Stack, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     _run_whole_regimen(pg_redis_stack, processes, "--pool=prefork", "--concurrency=2")
+
+
+def test_whole_regimen_on_postgres_and_rabbitmq_reaches_outbox_exactly_once_in_order(
+    pg_rabbit_stack: Stack, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    _run_whole_regimen(pg_rabbit_stack, processes, "--pool=prefork", "--concurrency=2")
 
 
 def test_whole_regimen_on_embedded_default_reaches_outbox_exactly_once_in_order(

@@ -12,13 +12,13 @@ from aftercare.runtime import Runtime
 
 def run_checks(rt: Runtime) -> list[str]:
     """Print a report of what was checked; return every fault found (empty when all is well)."""
-    faults: list[str] = []
+    faults: list[str] = _channel_faults(rt)
     try:
         registry = RegimenRegistry.load(rt.settings.schedules_dir)
     except RegimenError as exc:
-        return [str(exc)]
+        return [*faults, str(exc)]
     if not registry.ids():
-        return [f"{rt.settings.schedules_dir}: no regimen files (*.yaml)"]
+        return [*faults, f"{rt.settings.schedules_dir}: no regimen files (*.yaml)"]
     renderer = MessageRenderer(rt.settings.templates_dir)
     for regimen in registry:
         typer.echo(
@@ -47,3 +47,20 @@ def run_checks(rt: Runtime) -> list[str]:
                 except TemplateError as exc:
                     faults.append(f"{exc!s} (with {label} clinic details)")
     return sorted(set(faults), key=faults.index)
+
+
+def _channel_faults(rt: Runtime) -> list[str]:
+    """Settings the chosen transports lack; warnings are printed and do not fail the check."""
+    from aftercare.channels.registry import WARNING, check_channel_settings
+
+    faults: list[str] = []
+    for finding in check_channel_settings(rt.settings):
+        if finding.startswith(WARNING):
+            typer.echo(f"WARNING {finding.removeprefix(WARNING)}", err=True)
+        else:
+            faults.append(finding)
+    typer.echo(
+        f"channels: sms via {rt.settings.sms_transport}, email via {rt.settings.email_transport}"
+        + (f", {len(faults)} setting(s) missing" if faults else "")
+    )
+    return faults

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
+from aftercare.cli.staff import staff_cli
 from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.regimens.model import ParameterError
@@ -28,6 +29,7 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+cli.add_typer(staff_cli, name="staff")
 
 RegimenOpt = Annotated[str, typer.Option("--regimen", help="Regimen id.")]
 TreatedOpt = Annotated[
@@ -241,12 +243,19 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes/threads.")] = None,
     pool: Annotated[str | None, typer.Option(help="Celery pool: prefork, threads, solo.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
+    hostname: Annotated[
+        str | None, typer.Option(help="Celery node name, e.g. w1@%h (one per worker on a host).")
+    ] = None,
 ) -> None:
     """Run a Celery worker (delivers reminders)."""
     from aftercare.worker.app import app
     from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SEND_QUEUE
 
     rt = _runtime()
+    if rt.settings.worker_metrics_port:
+        from aftercare.ops.worker_metrics import serve_worker_metrics
+
+        serve_worker_metrics(rt.settings)
     chosen_pool = pool or ("solo" if rt.settings.embedded else "prefork")
     argv = [
         "worker",
@@ -258,6 +267,8 @@ def worker(
         "--without-mingle",
         "--without-heartbeat",
     ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
 
 
@@ -323,6 +334,19 @@ def demo(
     except ValidationFailed as exc:
         fail(str(exc))
     raise typer.Exit(run_demo(data_dir=data_dir, timezone=zone, daily_days=daily_days))
+
+
+def _register() -> None:
+    from aftercare.cli.status import status_command
+
+    cli.command("status")(status_command)
+
+    from aftercare.cli.importer import import_command
+
+    cli.command("import")(import_command)
+
+
+_register()
 
 
 def main() -> None:

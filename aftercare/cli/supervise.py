@@ -52,9 +52,26 @@ def children(rt: Runtime) -> list[Child]:
     return [Child("worker", [*base, "worker"], env), Child("beat", [*base, "beat"], env)]
 
 
+def first_admin(rt: Runtime, *, host: str, port: int) -> None:
+    """With no staff accounts yet, create an admin and print its one-time password, once."""
+    from aftercare.staff.service import ensure_first_admin
+
+    with rt.db.session() as db_session:
+        created = ensure_first_admin(db_session=db_session, now=rt.clock.now())
+    if created is None:
+        return
+    user, password = created
+    print(f"Created the first admin account: {user.email}")
+    print(f"  one-time password (shown only now): {password}")
+    print(f"  log in to the staff pages at http://{host}:{port}/ with these,")
+    print(f"  or get an API token with: aftercare staff token {user.email}")
+    print(f"  then set your own password: aftercare staff password {user.email}")
+
+
 def run_all(rt: Runtime, *, host: str, port: int) -> int:
     import uvicorn
 
+    from aftercare.ops.logs import configure_logging
     from aftercare.storage.migrate import SchemaOutdated, ensure_schema
     from aftercare.web.app import create_app
 
@@ -64,6 +81,8 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     except SchemaOutdated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if rt.settings.embedded:
+        first_admin(rt, host=host, port=port)
     procs = children(rt)
     for child in procs:
         child.start()
@@ -71,7 +90,8 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     where = "embedded default" if rt.settings.embedded else "configured database"
     print(f"Aftercare is running at http://{host}:{port} ({where}; data in {rt.settings.data_dir})")
     try:
-        uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+        configure_logging(rt.settings.log_level)
+        uvicorn.run(create_app(), host=host, port=port, log_config=None)
     finally:
         for child in procs:
             child.stop()

@@ -278,6 +278,7 @@ def _steps(ctx: _Ctx, data: Any, parameters: dict[str, Parameter]) -> tuple[Step
         "valid_for",
         "critical",
         "catch_up",
+        "attach_calendar",
     }
     for index, spec in enumerate(data):
         path: list[str | int] = ["steps", index]
@@ -304,6 +305,9 @@ def _steps(ctx: _Ctx, data: Any, parameters: dict[str, Parameter]) -> tuple[Step
         critical = spec.get("critical", False)
         if not isinstance(critical, bool):
             raise ctx.fail([*path, "critical"], "must be true or false")
+        attach_calendar = spec.get("attach_calendar", False)
+        if not isinstance(attach_calendar, bool):
+            raise ctx.fail([*path, "attach_calendar"], "must be true or false")
         when = _when(ctx, [*path, "at"], spec.get("at"), parameters, steps)
         repeat = None
         if "repeat" in spec:
@@ -335,6 +339,7 @@ def _steps(ctx: _Ctx, data: Any, parameters: dict[str, Parameter]) -> tuple[Step
             valid_for=valid_for,
             critical=critical,
             catch_up=catch_up,
+            attach_calendar=attach_calendar,
         )
     return tuple(steps.values())
 

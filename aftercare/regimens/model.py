@@ -129,6 +129,8 @@ class Step:
     # "always": sent even when enrolment happens after its time; "latest": only if it is the
     # most recent past step (see planner's catch-up policy).
     catch_up: Literal["always", "latest"] = "latest"
+    # Attach the compression regimen as an .ics calendar to this step's emails (the first one).
+    attach_calendar: bool = False
 
 
 @dataclass(frozen=True)

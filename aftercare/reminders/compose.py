@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from aftercare.channels.base import EmailMessage, Message, SmsMessage
+from aftercare.channels.base import Attachment, EmailMessage, Message, SmsMessage
+from aftercare.messages.calendar import regimen_calendar
 from aftercare.messages.context import build_context
 from aftercare.messages.render import MessageRenderer
 from aftercare.planning.planner import step_instants
@@ -75,6 +76,20 @@ def compose(
     email = renderer.render_email(reminder.template, context)
     assert unsubscribe is not None
     mailto = clinic.email_from
+    attachments: tuple[Attachment, ...] = ()
+    if regimen.step(reminder.step).attach_calendar:
+        ics = regimen_calendar(
+            # Stable per session (repeat sends update the same events); hashed, never shown.
+            session_key=f"{patient.public_id}:{session.id}",
+            treated_at=session.treated_at,
+            timezone=session.timezone,
+            parameters=parameters,
+            instants=instants,
+            clinic_name=clinic.name,
+            clinic_phone=clinic.phone,
+            stamp=session.recorded_at,  # fixed, so a resend carries an identical file
+        )
+        attachments = (Attachment("aftercare.ics", "text/calendar", ics),)
     return EmailMessage(
         key=key,
         to=patient.email,
@@ -85,4 +100,5 @@ def compose(
             "List-Unsubscribe": f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         },
+        attachments=attachments,
     )

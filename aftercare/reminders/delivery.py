@@ -29,11 +29,14 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.reminders import states
 from aftercare.reminders.compose import Clinic, MissingAddress, compose
+from aftercare.reminders.fallback import after_failure, fall_back_to_email
 from aftercare.reminders.retry import MAX_ATTEMPTS, backoff
 from aftercare.storage.db import Database
 from aftercare.storage.models import DeliveryAttempt, Patient, Reminder, TreatmentSession
 
 log = logging.getLogger(__name__)
+
+SMS_BLOCKED = "SMS blocked: the number was refused by the provider"
 
 
 @dataclass
@@ -69,10 +72,11 @@ def _hold_reason(
     if reminder.channel == "sms" and patient.sms_opted_out_at is not None:
         return states.CANCELLED, "patient opted out of SMS"
     if reminder.channel == "sms" and patient.sms_blocked_at is not None:
-        return states.CANCELLED, "SMS blocked: the number was refused by the provider"
+        return states.CANCELLED, SMS_BLOCKED
     if reminder.channel == "email" and patient.email_opted_out_at is not None:
         return states.CANCELLED, "patient unsubscribed from email"
-    if reminder.channel not in patient.channel_list:
+    # An email sent because the SMS failed goes out even to a patient who chose SMS only.
+    if reminder.channel not in patient.channel_list and reminder.fallback_of_id is None:
         return states.CANCELLED, f"{reminder.channel} no longer chosen"
     if not reminder.critical and reminder.expires_at is not None and now > reminder.expires_at:
         return states.EXPIRED, "too late to be useful"
@@ -89,7 +93,7 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
         hold = _hold_reason(reminder, session, patient, now)
         if hold is not None:
             target, reason = hold
-            states.transition(
+            moved = states.transition(
                 db_session,
                 [reminder_id],
                 source=states.QUEUED,
@@ -97,6 +101,9 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
                 now=now,
                 reason=reason,
             )
+            if moved and reason == SMS_BLOCKED:
+                # The number cannot take SMS until staff fix it: email carries the regimen on.
+                fall_back_to_email(db_session=db_session, reminder=reminder, now=now)
             return target
         zone = ZoneInfo(session.timezone)
         if reminder.channel == "sms" and deps.quiet.contains(now.astimezone(zone).time()):
@@ -122,14 +129,18 @@ def deliver(*, deps: Deps, reminder_id: int) -> str:
                 clinic=deps.clinic,
             )
         except (TemplateError, MissingAddress, KeyError) as exc:
-            states.transition(
+            cause = f"cannot compose: {type(exc).__name__}"
+            if states.transition(
                 db_session,
                 [reminder_id],
                 source=states.QUEUED,
                 target=states.FAILED,
                 now=now,
-                reason=f"cannot compose: {type(exc).__name__}",
-            )
+                reason=cause,
+            ):
+                after_failure(
+                    db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
+                )
             log.error("reminder %s cannot be composed (%s)", reminder_id, type(exc).__name__)
             return states.FAILED
         if not states.transition(
@@ -204,14 +215,25 @@ def _record_failure(
             reason = f"provider error {exc.code or ''}".strip()
             if not exc.permanent:
                 reason = f"gave up after {attempts} attempts ({exc.code or 'transient'})"
-            states.transition(
+            if states.transition(
                 db_session,
                 [reminder_id],
                 source=states.SENDING,
                 target=states.FAILED,
                 now=now,
                 reason=reason,
-            )
+            ):
+                # Staff are told, a refused number gets no more SMS, and email steps in.
+                after_failure(
+                    db_session=db_session,
+                    reminder_id=reminder_id,
+                    now=now,
+                    code=exc.code,
+                    # Only a permanent refusal stops SMS to the number; exhausted retries do not.
+                    opted_out=exc.permanent and exc.opted_out,
+                    cause=reason,
+                    block=exc.permanent,
+                )
             log.warning("reminder %s failed (code %s)", reminder_id, exc.code)
             return states.FAILED
         reminder = db_session.get_one(Reminder, reminder_id)

@@ -67,6 +67,7 @@ def dispatch_due(
     batch_size: int = 500,
     chunk_size: int = 20,
     time_budget: float = 1.5,
+    observe_batch: Callable[[int], None] | None = None,
 ) -> DispatchSummary:
     """Claim and publish due reminders in batches until none are left or the budget is spent."""
     summary = DispatchSummary()
@@ -76,6 +77,8 @@ def dispatch_due(
         with db.session() as db_session:
             ids = claim_due(db_session, now=now, limit=batch_size)
         summary.claimed += len(ids)
+        if observe_batch is not None:
+            observe_batch(len(ids))
         if ids:
             summary.batches += 1
         for offset in range(0, len(ids), chunk_size):

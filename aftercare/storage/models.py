@@ -287,3 +287,13 @@ class AuditEvent(Base):
     patient_id: Mapped[int | None] = mapped_column(Integer, index=True)
     session_id: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Heartbeat(Base):
+    """The last time a periodic component ran (the dispatcher), for readiness checks."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

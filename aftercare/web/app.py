@@ -10,11 +10,12 @@ from aftercare.runtime import Runtime, get_runtime
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
-    from aftercare.web import api, health, pages, unsubscribe, webhooks
+    from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
 
     app = FastAPI(title="Aftercare", version=__version__)
     app.state.runtime_override = runtime
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(api.router)
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import before_task_publish
+from celery.signals import before_task_publish, setup_logging
 
 from aftercare.worker.celeryconfig import LazyConfig
 
@@ -18,6 +18,15 @@ MAX_ETA = timedelta(minutes=1)
 
 class LongEtaRefused(RuntimeError):
     """Aftercare never parks future work in the broker; the database holds the future."""
+
+
+@setup_logging.connect
+def _json_logs(**_: Any) -> None:
+    """Celery leaves logging to us: JSON lines at the configured level."""
+    from aftercare.ops.logs import configure_logging
+    from aftercare.runtime import get_runtime
+
+    configure_logging(get_runtime().settings.log_level)
 
 
 @before_task_publish.connect

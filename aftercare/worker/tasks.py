@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 
+from aftercare.ops import heartbeat, metrics
 from aftercare.reminders import delivery, dispatch
 from aftercare.runtime import Runtime, get_runtime
 from aftercare.worker.app import app
@@ -44,9 +45,14 @@ def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
         batch_size=rt.settings.dispatch_batch,
         chunk_size=rt.settings.send_batch,
         time_budget=rt.settings.dispatch_interval * 0.8,
+        observe_batch=metrics.CLAIM_BATCH.observe,
     )
+    with rt.db.session() as db_session:
+        heartbeat.beat(
+            db_session, name=heartbeat.DISPATCHER, now=rt.clock.now(), detail=summary.as_dict()
+        )
     if summary.claimed:
-        log.info("dispatched %s", summary.as_dict())
+        log.info("dispatched", extra=summary.as_dict())
     return summary.as_dict()
 
 
@@ -58,6 +64,7 @@ def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, in
     for reminder_id in reminder_ids:
         outcome = delivery.deliver(deps=deps, reminder_id=int(reminder_id))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        metrics.SENDS.labels(outcome).inc()
     return outcomes
 
 

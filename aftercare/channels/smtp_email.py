@@ -1,0 +1,269 @@
+"""Email over SMTP with the standard library, configured by one URL (``AFTERCARE_SMTP_URL``).
+
+    smtp://user:pass@host:587           STARTTLS when the server offers it (credentials only
+                                        ever over TLS)
+    smtp://host:25?starttls=off         no TLS at all: a local relay; credentials allowed
+    smtp://host:587?starttls=require    refuse to send anything without TLS
+    smtps://user:pass@host:465          implicit TLS
+    ...?timeout=30                      connect/read timeout in seconds
+
+Replies: 4xx retry, 5xx fail permanently. The envelope and the DATA command are sent step by
+step so that a connection lost *after the message body went out* can be told apart from one
+lost before: only the former is ambiguous (the server may have queued it). SMTP keeps no
+message log to ask, so ``lookup`` raises LookupUnsupported and delivery sends again; at worst
+the patient gets the same email twice, which is acceptable for email (never for SMS).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import smtplib
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage as MimeMessage
+from email.utils import parseaddr
+from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from aftercare.channels.base import (
+    EmailMessage,
+    LookupUnsupported,
+    Message,
+    SendResult,
+    TransportError,
+)
+from aftercare.channels.mime import build_mime
+
+StartTls = Literal["auto", "off", "require"]
+_DEFAULT_PORTS = {"smtp": 587, "smtps": 465}
+_LINE_START_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    implicit_tls: bool
+    starttls: StartTls
+    username: str | None
+    password: str | None
+    timeout: float
+
+    def __repr__(self) -> str:
+        # Never print the password (settings dumps, tracebacks).
+        return f"SmtpConfig(host={self.host!r}, port={self.port}, starttls={self.starttls!r})"
+
+
+def parse_smtp_url(url: str) -> SmtpConfig:
+    """Read ``AFTERCARE_SMTP_URL``. A ValueError says what is wrong without echoing the URL."""
+    if not url:
+        raise ValueError("AFTERCARE_SMTP_URL is required when AFTERCARE_EMAIL_TRANSPORT=smtp")
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError("AFTERCARE_SMTP_URL must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("AFTERCARE_SMTP_URL names no host")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ValueError("AFTERCARE_SMTP_URL has an invalid port") from None
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    unknown = sorted(set(query) - {"starttls", "timeout"})
+    if unknown:
+        raise ValueError(f"AFTERCARE_SMTP_URL: unknown option {unknown[0]!r} (starttls, timeout)")
+    starttls = query.get("starttls", "auto")
+    if starttls not in ("auto", "off", "require"):
+        raise ValueError("AFTERCARE_SMTP_URL: starttls must be auto, off or require")
+    if parts.scheme == "smtps" and "starttls" in query:
+        raise ValueError("AFTERCARE_SMTP_URL: smtps:// is TLS from the start; drop starttls")
+    try:
+        timeout = float(query.get("timeout", "30"))
+    except ValueError:
+        timeout = 0.0
+    if not 0 < timeout <= 600:
+        raise ValueError("AFTERCARE_SMTP_URL: timeout must be a number of seconds (0-600]")
+    return SmtpConfig(
+        host=parts.hostname,
+        port=port,
+        implicit_tls=parts.scheme == "smtps",
+        starttls=starttls,  # type: ignore[arg-type]  # checked just above
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        timeout=timeout,
+    )
+
+
+def _reply_error(code: int, reply: bytes | str, *, what: str) -> TransportError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    message = f"SMTP {what}: {code} {text}".strip()
+    # 5xx is the server's final word; 4xx (and anything unreadable) may pass.
+    return TransportError(message, permanent=500 <= code < 600, code=str(code))
+
+
+@contextmanager
+def _classified(what: str, *, body_sent: bool = False) -> Iterator[None]:
+    """Turn smtplib and socket errors into TransportError, ambiguous once the body went out."""
+    try:
+        yield
+    except smtplib.SMTPResponseException as exc:
+        raise _reply_error(exc.smtp_code, exc.smtp_error, what=what) from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        raise TransportError(f"SMTP {what}: {exc}", permanent=True, code="config") from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        if body_sent:
+            raise TransportError(
+                f"SMTP connection lost after the message was sent ({type(exc).__name__})",
+                permanent=False,
+                code="disconnected",
+                ambiguous=True,
+            ) from exc
+        code = "tls" if isinstance(exc, ssl.SSLError) else "connection"
+        raise TransportError(
+            f"SMTP {what} failed: {type(exc).__name__}: {exc}", permanent=False, code=code
+        ) from exc
+
+
+def _expect(reply: tuple[int, bytes], *accepted: int) -> None:
+    code, text = reply
+    if code not in accepted:
+        raise smtplib.SMTPResponseException(code, text)
+
+
+class SmtpTransport:
+    """One connection per message: reminders are few and spread out, so pooling buys nothing."""
+
+    name = "smtp"
+    channel: Literal["sms", "email"] = "email"
+
+    def __init__(
+        self, *, config: SmtpConfig, sender: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.config = config
+        self.sender = sender
+        self.envelope_from = parseaddr(sender)[1] or sender
+        # Injected by tests that trust their own certificate; otherwise the system's CAs.
+        self._ssl_context = ssl_context
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, sender: str, ssl_context: ssl.SSLContext | None = None
+    ) -> SmtpTransport:
+        return cls(config=parse_smtp_url(url), sender=sender, ssl_context=ssl_context)
+
+    def send(self, message: Message) -> SendResult:
+        if not isinstance(message, EmailMessage):
+            raise TypeError("the SMTP transport sends email only")
+        mime = build_mime(message, sender=self.sender)
+        client = self._connect()
+        try:
+            self._transmit(client, mime, message.to)
+        except BaseException:
+            # No QUIT: the server may be hung, and QUIT would wait out another timeout.
+            client.close()
+            raise
+        _quit(client)
+        message_id = str(mime["Message-ID"] or message.key).strip().strip("<>")
+        return SendResult(provider_id=message_id[:64])
+
+    def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
+        raise LookupUnsupported("SMTP servers keep no message log a client can query")
+
+    def _context(self) -> ssl.SSLContext:
+        return self._ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        """An open, greeted, secured and logged-in connection."""
+        config = self.config
+        # Host given to the constructor (which connects and checks the 220 greeting): smtplib
+        # only remembers it there, and TLS needs it to check the server's certificate.
+        with _classified("connect"):
+            client = (
+                smtplib.SMTP_SSL(
+                    config.host, config.port, timeout=config.timeout, context=self._context()
+                )
+                if config.implicit_tls
+                else smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+            )
+        try:
+            with _classified("connect"):
+                client.ehlo_or_helo_if_needed()
+                self._secure(client)
+            if config.username:
+                if not client.has_extn("auth"):
+                    raise TransportError(
+                        "SMTP server offers no AUTH but AFTERCARE_SMTP_URL has credentials",
+                        permanent=True,
+                        code="config",
+                    )
+                with _classified("login"):
+                    client.login(config.username, config.password or "")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _secure(self, client: smtplib.SMTP) -> None:
+        config = self.config
+        if config.implicit_tls or config.starttls == "off":
+            return
+        if client.has_extn("starttls"):
+            client.starttls(context=self._context())
+            client.ehlo()
+            return
+        if config.starttls == "require":
+            raise TransportError(
+                "SMTP server does not offer STARTTLS and starttls=require",
+                permanent=True,
+                code="tls-required",
+            )
+        if config.username:
+            raise TransportError(
+                "SMTP server does not offer STARTTLS: refusing to send the password in clear "
+                "(use smtps://, or ?starttls=off for a local relay)",
+                permanent=True,
+                code="tls-required",
+            )
+
+    def _transmit(self, client: smtplib.SMTP, mime: MimeMessage, to: str) -> None:
+        """MAIL, RCPT, DATA, then the body: only a failure after the body is ambiguous."""
+        international = not (self.envelope_from + to).isascii()
+        eight_bit = client.has_extn("8bitmime")
+        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+        options = ["BODY=8BITMIME"] if eight_bit else []
+        if not eight_bit:
+            # Base64/quoted-printable bodies for a server that only takes 7-bit text.
+            policy = policy.clone(cte_type="7bit")
+        if international:
+            if not client.has_extn("smtputf8"):
+                raise TransportError(
+                    "SMTP server cannot take an internationalised address (no SMTPUTF8)",
+                    permanent=True,
+                    code="smtputf8",
+                )
+            options.append("SMTPUTF8")
+        payload = _LINE_START_DOT.sub(b"..", mime.as_bytes(policy=policy))
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        with _classified("envelope"):
+            _expect(client.mail(self.envelope_from, options), 250)
+            _expect(client.rcpt(to), 250, 251)
+            _expect(client.docmd("DATA"), 354)
+        with _classified("data", body_sent=True):
+            client.send(payload + b".\r\n")
+            reply = client.getreply()
+        # The server's final answer, whatever it is, is not ambiguous.
+        with _classified("data"):
+            _expect(reply, 250)
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """Say goodbye after the message was accepted; a failure here changes nothing."""
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        # The message is already accepted (250): a lost QUIT must not turn it into a failure.
+        client.close()

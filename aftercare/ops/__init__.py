@@ -1,0 +1,1 @@
+"""Operations: readiness, status, metrics and structured logs."""

@@ -1,0 +1,1 @@
+"""Patient-facing services that act on a patient's own choices (unsubscribe)."""

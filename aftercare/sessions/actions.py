@@ -1,0 +1,604 @@
+"""What staff do to a recorded session or patient: enrol, pause, resume, cancel, edit, erase.
+
+Shared by the JSON API and the staff pages. Each function takes keyword arguments, works in the
+caller's transaction (no commit), writes one audit event, and raises :class:`NotFound`,
+:class:`Conflict` or ``ValidationFailed`` for the face to turn into 404, 409 or 422.
+Reminders only ever move by guarded UPDATEs (``WHERE state IN (...)``), so a dispatcher that
+claims a reminder at the same moment either wins (it goes out) or loses (it does not), never both.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from aftercare.audit import service as audit
+from aftercare.planning.planner import PlannedReminder, plan
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.loader import RegimenRegistry
+from aftercare.reminders import states
+from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.sessions.validation import (
+    FieldError,
+    ValidationFailed,
+    clean_channels,
+    clean_email,
+    clean_name,
+    clean_phone,
+    clean_timezone,
+)
+from aftercare.storage.models import (
+    DeliveryAttempt,
+    Flag,
+    InboundMessage,
+    Patient,
+    Reminder,
+    TreatmentSession,
+)
+
+EDITABLE: Final = ("name", "phone", "email", "timezone", "channels")
+ERASED_NAME: Final = "erased"
+ERASED_TEXT: Final = "[erased]"
+# Never handed to a provider: such a row may be re-planned in place.
+UNSENT_FINAL: Final = frozenset({states.CANCELLED, states.SKIPPED, states.EXPIRED})
+LIVE_STATUSES: Final = frozenset({"active", "paused"})
+
+
+class NotFound(LookupError):
+    """No such row; ``what`` names it for the 404 message."""
+
+    def __init__(self, what: str, ident: int) -> None:
+        super().__init__(f"{what} {ident} not found")
+
+
+class Conflict(ValueError):
+    """The change makes no sense in the row's current state (a 409)."""
+
+
+# Look-ups ------------------------------------------------------------------------------------
+
+
+def get_session(*, db_session: Session, session_id: int, lock: bool = False) -> TreatmentSession:
+    query = select(TreatmentSession).where(TreatmentSession.id == session_id)
+    found = db_session.scalar(query.with_for_update() if lock else query)
+    if found is None:
+        raise NotFound("session", session_id)
+    return found
+
+
+def get_patient(*, db_session: Session, patient_id: int, lock: bool = False) -> Patient:
+    query = select(Patient).where(Patient.id == patient_id)
+    found = db_session.scalar(query.with_for_update() if lock else query)
+    if found is None:
+        raise NotFound("patient", patient_id)
+    return found
+
+
+def session_reminders(*, db_session: Session, session_id: int) -> Sequence[Reminder]:
+    """The session's reminders as stored now, in due order."""
+    return db_session.scalars(
+        select(Reminder)
+        .where(Reminder.session_id == session_id)
+        .order_by(Reminder.due_at, Reminder.id)
+        .execution_options(populate_existing=True)
+    ).all()
+
+
+def session_attempts(*, db_session: Session, session_id: int) -> dict[int, list[DeliveryAttempt]]:
+    """Delivery attempts of the session's reminders, by reminder id."""
+    rows = db_session.scalars(
+        select(DeliveryAttempt)
+        .join(Reminder, Reminder.id == DeliveryAttempt.reminder_id)
+        .where(Reminder.session_id == session_id)
+        .order_by(DeliveryAttempt.id)
+    )
+    out: dict[int, list[DeliveryAttempt]] = {}
+    for row in rows:
+        out.setdefault(row.reminder_id, []).append(row)
+    return out
+
+
+def session_replies(*, db_session: Session, session_id: int) -> Sequence[InboundMessage]:
+    return db_session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.session_id == session_id)
+        .order_by(InboundMessage.received_at, InboundMessage.id)
+    ).all()
+
+
+def patient_sessions(*, db_session: Session, patient_id: int) -> Sequence[TreatmentSession]:
+    return db_session.scalars(
+        select(TreatmentSession)
+        .where(TreatmentSession.patient_id == patient_id)
+        .order_by(TreatmentSession.treated_at, TreatmentSession.id)
+    ).all()
+
+
+# Enrol ---------------------------------------------------------------------------------------
+
+
+def enrol(
+    *,
+    db_session: Session,
+    request: SessionRequest,
+    registry: RegimenRegistry,
+    quiet: QuietHours,
+    now: datetime,
+    actor_id: int | None,
+) -> TreatmentSession:
+    """Validate, plan and store a new session (and its patient); audited as ``enrol``."""
+    valid = validate_request(request, registry=registry, quiet=quiet, now=now)
+    session = record_session(db_session=db_session, valid=valid, now=now)
+    session.created_by_id = actor_id
+    audit.record(
+        db_session=db_session,
+        action="enrol",
+        actor_id=actor_id,
+        now=now,
+        patient_id=session.patient_id,
+        session_id=session.id,
+        detail={"regimen": valid.regimen.id, "channels": [str(c) for c in valid.channels]},
+    )
+    db_session.flush()
+    return session
+
+
+# Pause, resume, cancel -----------------------------------------------------------------------
+
+
+def _pending_ids(db_session: Session, session_id: int, in_states: Collection[str]) -> list[int]:
+    return list(
+        db_session.scalars(
+            select(Reminder.id).where(
+                Reminder.session_id == session_id, Reminder.state.in_(list(in_states))
+            )
+        )
+    )
+
+
+def _refuse_unless(session: TreatmentSession, allowed: Collection[str], verb: str) -> None:
+    if session.status in allowed:
+        return
+    if session.status == "paused" and verb == "pause":
+        raise Conflict(f"session {session.id} is already paused")
+    if session.status == "active" and verb == "resume":
+        raise Conflict(f"session {session.id} is not paused")
+    raise Conflict(f"session {session.id} is {session.status}: it cannot be {verb}d")
+
+
+def pause_session(
+    *, db_session: Session, session_id: int, actor_id: int | None, now: datetime
+) -> TreatmentSession:
+    """Hold every reminder not yet handed to a provider (``scheduled``/``queued`` -> ``paused``).
+
+    A reminder already being sent finishes; one a worker has queued is not sent, because the
+    worker's own guarded ``queued -> sending`` finds it paused.
+    """
+    session = get_session(db_session=db_session, session_id=session_id, lock=True)
+    _refuse_unless(session, {"active"}, "pause")
+    session.status = "paused"
+    session.paused_at = now
+    held = states.transition(
+        db_session,
+        _pending_ids(db_session, session_id, (states.SCHEDULED, states.QUEUED)),
+        source=(states.SCHEDULED, states.QUEUED),
+        target=states.PAUSED,
+        now=now,
+        reason="session paused",
+    )
+    _audit(
+        db_session, "pause", session, actor_id=actor_id, now=now, detail={"reminders": len(held)}
+    )
+    return session
+
+
+def resume_session(
+    *,
+    db_session: Session,
+    session_id: int,
+    actor_id: int | None,
+    now: datetime,
+    quiet: QuietHours,
+) -> TreatmentSession:
+    """Put paused reminders back on the schedule.
+
+    One whose time passed during the pause goes out now (an SMS at the next minute outside quiet
+    hours), unless that is past its validity window: then it is ``expired``, not sent late. A
+    critical reminder never expires.
+    """
+    session = get_session(db_session=db_session, session_id=session_id, lock=True)
+    _refuse_unless(session, {"paused"}, "resume")
+    session.status = "active"
+    session.paused_at = None
+    zone = ZoneInfo(session.timezone)
+    paused = db_session.scalars(
+        select(Reminder).where(Reminder.session_id == session_id, Reminder.state == states.PAUSED)
+    ).all()
+    counts = {states.SCHEDULED: 0, states.EXPIRED: 0}
+    for reminder in paused:
+        due = max(reminder.due_at, now)
+        if reminder.channel == "sms":
+            due = quiet.defer(due, zone)
+        late = reminder.expires_at is not None and due > reminder.expires_at
+        if late and not reminder.critical:
+            moved = states.transition(
+                db_session,
+                [reminder.id],
+                source=states.PAUSED,
+                target=states.EXPIRED,
+                now=now,
+                reason="expired while the session was paused",
+            )
+            counts[states.EXPIRED] += len(moved)
+        else:
+            moved = states.transition(
+                db_session,
+                [reminder.id],
+                source=states.PAUSED,
+                target=states.SCHEDULED,
+                now=now,
+                due_at=due,
+                reason=None,
+            )
+            counts[states.SCHEDULED] += len(moved)
+    _audit(
+        db_session,
+        "resume",
+        session,
+        actor_id=actor_id,
+        now=now,
+        detail={"rescheduled": counts[states.SCHEDULED], "expired": counts[states.EXPIRED]},
+    )
+    return session
+
+
+def cancel_session(
+    *, db_session: Session, session_id: int, actor_id: int | None, now: datetime
+) -> TreatmentSession:
+    """Stop the session for good: every reminder not yet sent is ``cancelled``."""
+    session = get_session(db_session=db_session, session_id=session_id, lock=True)
+    _refuse_unless(session, LIVE_STATUSES, "cancel")
+    cancelled = _cancel_pending(db_session, session, now, "session cancelled")
+    session.status = "cancelled"
+    session.cancelled_at = now
+    _audit(
+        db_session, "cancel", session, actor_id=actor_id, now=now, detail={"reminders": cancelled}
+    )
+    return session
+
+
+def _cancel_pending(
+    db_session: Session, session: TreatmentSession, now: datetime, reason: str
+) -> int:
+    pending = sorted(states.PENDING)
+    return len(
+        states.transition(
+            db_session,
+            _pending_ids(db_session, session.id, pending),
+            source=pending,
+            target=states.CANCELLED,
+            now=now,
+            reason=reason,
+        )
+    )
+
+
+def _audit(
+    db_session: Session,
+    action: str,
+    session: TreatmentSession,
+    *,
+    actor_id: int | None,
+    now: datetime,
+    detail: Mapping[str, audit.DetailValue],
+) -> None:
+    audit.record(
+        db_session=db_session,
+        action=action,
+        actor_id=actor_id,
+        now=now,
+        patient_id=session.patient_id,
+        session_id=session.id,
+        detail=detail,
+    )
+    db_session.flush()
+
+
+# Edit a patient ------------------------------------------------------------------------------
+
+
+def update_patient(
+    *,
+    db_session: Session,
+    patient_id: int,
+    changes: Mapping[str, object],
+    actor_id: int | None,
+    now: datetime,
+    registry: RegimenRegistry,
+    quiet: QuietHours,
+) -> Patient:
+    """Fix a patient's name, phone, email, time zone or channels (only the keys given).
+
+    Validated as at enrolment (errors are located by the field name). A new time zone or channel
+    choice re-plans the *future* reminders of each active or paused session in place; reminders
+    already sent, and those whose time has passed, are left as they are. A new phone number
+    lifts an SMS block set by a provider's refusal of the old one.
+    """
+    unknown = sorted(set(changes) - set(EDITABLE))
+    if unknown:
+        raise ValidationFailed([FieldError((unknown[0],), "cannot be changed here")])
+    patient = get_patient(db_session=db_session, patient_id=patient_id, lock=True)
+    if patient.erased_at is not None:
+        raise Conflict(f"patient {patient_id} has been erased")
+    cleaned = _clean_changes(patient, changes)
+    changed = sorted(k for k, v in cleaned.items() if getattr(patient, k) != v)
+    if not changed:
+        return patient
+    for key in changed:
+        setattr(patient, key, cleaned[key])
+    if "phone" in changed:
+        patient.sms_blocked_at = None
+        patient.sms_blocked_reason = None
+    totals = [0, 0, 0]
+    if {"timezone", "channels"} & set(changed):
+        for session in patient_sessions(db_session=db_session, patient_id=patient_id):
+            if session.status in LIVE_STATUSES:
+                counts = _replan(
+                    db_session, session, patient, registry=registry, quiet=quiet, now=now
+                )
+                totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    detail: dict[str, audit.DetailValue] = {
+        "fields": changed,
+        "reminders_cancelled": totals[0],
+        "reminders_moved": totals[1],
+        "reminders_added": totals[2],
+    }
+    audit.record(
+        db_session=db_session,
+        action="edit",
+        actor_id=actor_id,
+        now=now,
+        patient_id=patient_id,
+        detail=detail,
+    )
+    db_session.flush()
+    return patient
+
+
+def _clean_changes(patient: Patient, changes: Mapping[str, object]) -> dict[str, Any]:
+    """The patient's values after the changes, each validated; ValidationFailed names them."""
+    errors: list[FieldError] = []
+
+    def attempt(func: Any, value: object, loc: str) -> Any:
+        try:
+            return func(value, (loc,))
+        except ValidationFailed as exc:
+            errors.extend(exc.errors)
+            return None
+
+    out: dict[str, Any] = {}
+    if "name" in changes:
+        out["name"] = attempt(clean_name, changes["name"], "name")
+    channels = patient.channel_list
+    if "channels" in changes:
+        channels = attempt(clean_channels, changes["channels"], "channels") or []
+        out["channels"] = ",".join(channels)
+    for key, cleaner in (("phone", clean_phone), ("email", clean_email)):
+        value = changes.get(key, getattr(patient, key))
+        channel = "sms" if key == "phone" else "email"
+        if value in (None, "") and channel not in channels:
+            if key in changes:
+                out[key] = None
+        elif key in changes or channel in channels:
+            out[key] = attempt(cleaner, value, key)
+    if "timezone" in changes:
+        out["timezone"] = attempt(clean_timezone, changes["timezone"], "timezone")
+    if errors:
+        raise ValidationFailed(errors)
+    return out
+
+
+def _replan(
+    db_session: Session,
+    session: TreatmentSession,
+    patient: Patient,
+    *,
+    registry: RegimenRegistry,
+    quiet: QuietHours,
+    now: datetime,
+) -> list[int]:
+    """Re-plan a live session's future for the patient's zone and channels: [cancelled,
+    moved, added]. Rows are updated in place, keyed by their (step, occurrence, channel) slot."""
+    try:
+        regimen = registry.get(session.regimen_id)
+    except KeyError as exc:
+        raise Conflict(f"session {session.id}'s regimen is no longer available") from exc
+    channels = clean_channels(patient.channel_list, ("channels",))
+    planned = plan(
+        regimen=regimen,
+        treated_at=session.treated_at,
+        timezone=patient.timezone,
+        parameters=dict(session.parameters),
+        channels=channels,
+        quiet=quiet,
+        recorded_at=session.recorded_at,
+    )
+    future = {
+        (p.step, p.occurrence, p.channel): p
+        for p in planned
+        if p.state == states.SCHEDULED and p.due_utc > now
+    }
+    session.timezone = patient.timezone
+    session.channels = ",".join(channels)
+    waiting = states.PAUSED if session.status == "paused" else states.SCHEDULED
+    existing = {
+        (r.step, r.occurrence, r.channel): r
+        for r in session_reminders(db_session=db_session, session_id=session.id)
+    }
+    stale = [
+        r.id
+        for key, r in existing.items()
+        if r.state in states.PENDING
+        and key not in future
+        and (r.due_at > now or r.channel not in channels)
+    ]
+    pending = sorted(states.PENDING)
+    cancelled = states.transition(
+        db_session,
+        stale,
+        source=pending,
+        target=states.CANCELLED,
+        now=now,
+        reason="re-planned after a change to the patient's details",
+    )
+    moved = added = 0
+    for key, item in future.items():
+        row = existing.get(key)
+        if row is None:
+            db_session.add(_new_row(session, item, waiting, now))
+            added += 1
+        elif row.state in states.PENDING:
+            moved += _move(
+                db_session, row.id, from_states=pending, item=item, waiting=waiting, now=now
+            )
+        elif row.state in UNSENT_FINAL and row.attempts == 0:
+            # A slot emptied by an earlier edit (a channel dropped, then chosen again) is
+            # planned again in place: the unique slot allows one row, and it was never sent.
+            moved += _move(
+                db_session, row.id, from_states=[row.state], item=item, waiting=waiting, now=now
+            )
+    db_session.flush()
+    return [len(cancelled), moved, added]
+
+
+def _move(
+    db_session: Session,
+    reminder_id: int,
+    *,
+    from_states: Sequence[str],
+    item: PlannedReminder,
+    waiting: str,
+    now: datetime,
+) -> int:
+    result = db_session.scalars(
+        update(Reminder)
+        .where(Reminder.id == reminder_id, Reminder.state.in_(list(from_states)))
+        .values(
+            state=waiting,
+            template=item.template,
+            nominal_at=item.nominal_utc,
+            due_at=item.due_utc,
+            expires_at=item.expires_utc,
+            critical=item.critical,
+            updated_at=now,
+            reason="re-planned after a change to the patient's details",
+        )
+        .returning(Reminder.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(list(result))
+
+
+def _new_row(
+    session: TreatmentSession, item: PlannedReminder, state: str, now: datetime
+) -> Reminder:
+    return Reminder(
+        session_id=session.id,
+        step=item.step,
+        occurrence=item.occurrence,
+        channel=item.channel,
+        template=item.template,
+        nominal_at=item.nominal_utc,
+        due_at=item.due_utc,
+        expires_at=item.expires_utc,
+        critical=item.critical,
+        state=state,
+        attempts=0,
+        updated_at=now,
+        reason="planned after a change to the patient's details",
+    )
+
+
+# Erase a patient -----------------------------------------------------------------------------
+
+_CODE = re.compile(r"[0-9a-z_]{1,32}")
+
+
+def _code_or_none(answer: str | None) -> str | None:
+    """A check-in answer kept only when it is a code ("1", "still_dark"), never free text."""
+    return answer if answer is not None and _CODE.fullmatch(answer) else None
+
+
+def erase_patient(
+    *, db_session: Session, patient_id: int, actor_id: int | None, now: datetime
+) -> Patient:
+    """Remove a patient's personal data everywhere; keep an anonymous record of the erasure.
+
+    Name, phone and email are replaced; message bodies and numbers of their replies, flag texts
+    and notes, and providers' error texts (which can quote a number or address) are scrubbed;
+    every live session is cancelled with its pending reminders. Ids, states and times stay, so
+    counts and the audit log still add up.
+    """
+    patient = get_patient(db_session=db_session, patient_id=patient_id, lock=True)
+    if patient.erased_at is not None:
+        raise Conflict(f"patient {patient_id} has already been erased")
+    phone = patient.phone
+    cancelled = 0
+    sessions = patient_sessions(db_session=db_session, patient_id=patient_id)
+    for session in sessions:
+        cancelled += _cancel_pending(db_session, session, now, "patient erased")
+        if session.status in LIVE_STATUSES:
+            session.status = "cancelled"
+            session.cancelled_at = now
+    session_ids = [s.id for s in sessions]
+    reminder_ids = select(Reminder.id).where(Reminder.session_id.in_(session_ids))
+    db_session.execute(
+        update(DeliveryAttempt)
+        .where(DeliveryAttempt.reminder_id.in_(reminder_ids))
+        .values(error_detail=None)
+        .execution_options(synchronize_session=False)
+    )
+    replies = InboundMessage.patient_id == patient_id
+    if phone:
+        # Messages from the number that were never matched to a patient are theirs too.
+        replies = replies | (
+            InboundMessage.patient_id.is_(None) & (InboundMessage.from_number == phone)
+        )
+    for message in db_session.scalars(select(InboundMessage).where(replies)):
+        message.body = ERASED_TEXT
+        message.from_number = ""
+        message.response_text = None
+        message.checkin_answer = _code_or_none(message.checkin_answer)
+    for session in sessions:
+        session.checkin_answer = _code_or_none(session.checkin_answer)
+    db_session.execute(
+        update(Flag)
+        .where(Flag.patient_id == patient_id)
+        .values(text=ERASED_TEXT, resolution_note=None)
+        .execution_options(synchronize_session=False)
+    )
+    patient.name = ERASED_NAME
+    patient.phone = None
+    patient.email = None
+    patient.sms_blocked_reason = None
+    patient.sms_opt_out_source = None
+    # Old unsubscribe links stop naming this row.
+    patient.public_id = secrets.token_hex(16)
+    patient.erased_at = now
+    audit.record(
+        db_session=db_session,
+        action="erase",
+        actor_id=actor_id,
+        now=now,
+        patient_id=patient_id,
+        detail={"sessions": len(session_ids), "reminders_cancelled": cancelled},
+    )
+    db_session.flush()
+    return patient

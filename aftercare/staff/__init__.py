@@ -1,0 +1,1 @@
+"""Staff accounts: argon2-hashed passwords, roles, and per-user API tokens."""

@@ -1,0 +1,240 @@
+"""Staff accounts and API tokens.
+
+Passwords are hashed with argon2id (argon2-cffi). An API token is a random string shown to its
+owner once; only its SHA-256 hex digest is stored, with a short prefix so an operator can name
+the token to revoke without ever seeing it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Final
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from aftercare.storage.models import ApiToken, StaffUser
+
+ROLES: Final = ("staff", "admin")
+MIN_PASSWORD_LENGTH: Final = 12
+TOKEN_PREFIX: Final = "act_"  # noqa: S105 - a label that makes leaked tokens recognisable
+# The stored prefix: enough to tell tokens apart in a listing, far too little to guess the rest.
+PREFIX_LENGTH: Final = 12
+# A login name, not a mailbox: ".internal" is reserved for private use, never delivered.
+FIRST_ADMIN_EMAIL: Final = "admin@aftercare.internal"
+
+
+class StaffError(ValueError):
+    """A staff account request that cannot be honoured; the message says why."""
+
+
+@lru_cache(maxsize=1)
+def _hasher() -> PasswordHasher:
+    return PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password`` (which must be at least 12 characters)."""
+    check_password_strength(password)
+    return _hasher().hash(password)
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise StaffError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if not password.strip():
+        raise StaffError("password must not be blank")
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when ``password`` matches ``password_hash``."""
+    try:
+        return _hasher().verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def generate_password() -> str:
+    """A random one-time password (about 96 bits), for ``--generate`` and the first admin."""
+    return secrets.token_urlsafe(12)
+
+
+def normalise_email(email: str) -> str:
+    try:
+        normalised = validate_email(email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise StaffError(f"email: {exc}") from exc
+    return normalised.lower()
+
+
+def get_by_email(*, db_session: Session, email: str) -> StaffUser | None:
+    return db_session.scalar(
+        select(StaffUser).where(func.lower(StaffUser.email) == email.strip().lower())
+    )
+
+
+def create_staff(
+    *,
+    db_session: Session,
+    email: str,
+    password: str,
+    now: datetime,
+    role: str = "staff",
+    name: str = "",
+) -> StaffUser:
+    """Add a staff account (no commit). Raises StaffError for a bad role, email or password."""
+    if role not in ROLES:
+        raise StaffError(f"role must be one of: {', '.join(ROLES)}")
+    address = normalise_email(email)
+    if get_by_email(db_session=db_session, email=address) is not None:
+        raise StaffError(f"a staff account for {address} already exists")
+    user = StaffUser(
+        email=address,
+        name=" ".join(name.split())[:200],
+        password_hash=hash_password(password),
+        role=role,
+        created_at=now,
+    )
+    db_session.add(user)
+    db_session.flush()
+    return user
+
+
+def authenticate(*, db_session: Session, email: str, password: str) -> StaffUser | None:
+    """The enabled account with this email and password, else None (for the login page)."""
+    user = get_by_email(db_session=db_session, email=email)
+    if user is None or user.disabled_at is not None:
+        # Spend the same time as a real check, so response times do not reveal accounts.
+        verify_password(_dummy_hash(), password)
+        return None
+    if not verify_password(user.password_hash, password):
+        return None
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
+    return user
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher().hash(secrets.token_urlsafe(16))
+
+
+def set_password(*, db_session: Session, staff_id: int, password: str) -> StaffUser:
+    user = db_session.get_one(StaffUser, staff_id)
+    user.password_hash = hash_password(password)
+    return user
+
+
+def disable_staff(*, db_session: Session, staff_id: int, now: datetime) -> StaffUser:
+    """Disable an account and revoke all its tokens (no commit)."""
+    user = db_session.get_one(StaffUser, staff_id)
+    user.disabled_at = user.disabled_at or now
+    db_session.execute(
+        update(ApiToken)
+        .where(ApiToken.staff_id == staff_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return user
+
+
+def count_staff(*, db_session: Session) -> int:
+    return db_session.scalar(select(func.count()).select_from(StaffUser)) or 0
+
+
+def ensure_first_admin(*, db_session: Session, now: datetime) -> tuple[StaffUser, str] | None:
+    """On an empty staff table, create an admin with a one-time password; return both."""
+    if count_staff(db_session=db_session):
+        return None
+    password = generate_password()
+    user = create_staff(
+        db_session=db_session,
+        email=FIRST_ADMIN_EMAIL,
+        password=password,
+        now=now,
+        role="admin",
+        name="Administrator",
+    )
+    return user, password
+
+
+# API tokens ---------------------------------------------------------------------------------
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def issue_token(
+    *, db_session: Session, staff_id: int, now: datetime, label: str = ""
+) -> tuple[ApiToken, str]:
+    """A new API token for this staff member: (its row, the token itself, shown only now)."""
+    user = db_session.get_one(StaffUser, staff_id)
+    if user.disabled_at is not None:
+        raise StaffError("the account is disabled")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        staff_id=staff_id,
+        token_hash=token_digest(token),
+        prefix=token[:PREFIX_LENGTH],
+        label=label[:100],
+        created_at=now,
+    )
+    db_session.add(row)
+    db_session.flush()
+    return row, token
+
+
+def staff_for_token(*, db_session: Session, token: str, now: datetime) -> StaffUser | None:
+    """The enabled staff member owning this live token (and note its use), else None."""
+    if not token or len(token) > 200:
+        return None
+    row = db_session.scalar(
+        select(ApiToken).where(
+            ApiToken.token_hash == token_digest(token), ApiToken.revoked_at.is_(None)
+        )
+    )
+    if row is None:
+        return None
+    user = db_session.get(StaffUser, row.staff_id)
+    if user is None or user.disabled_at is not None:
+        return None
+    row.last_used_at = now
+    return user
+
+
+def list_tokens(*, db_session: Session, staff_id: int | None = None) -> Sequence[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.id)
+    if staff_id is not None:
+        query = query.where(ApiToken.staff_id == staff_id)
+    return db_session.scalars(query).all()
+
+
+def revoke_tokens(*, db_session: Session, prefix: str, now: datetime) -> int:
+    """Revoke the live tokens whose stored prefix starts with ``prefix``; how many were revoked.
+
+    A prefix shorter than the stored one could name several tokens: refused, so that an operator
+    never revokes more than they meant to.
+    """
+    if len(prefix) < PREFIX_LENGTH:
+        raise StaffError(f"give the token's full {PREFIX_LENGTH}-character prefix")
+    result = db_session.scalars(
+        update(ApiToken)
+        .where(ApiToken.prefix == prefix[:PREFIX_LENGTH], ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .returning(ApiToken.id)
+    )
+    return len(list(result))
+
+
+def revoke_token(*, db_session: Session, token_id: int, now: datetime) -> ApiToken:
+    """Revoke one token by id (idempotent)."""
+    row = db_session.get_one(ApiToken, token_id)
+    row.revoked_at = row.revoked_at or now
+    return row

@@ -1,0 +1,192 @@
+"""``/api/v1/sessions``: enrol, read the timeline, pause, resume and cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Path, status
+from sqlalchemy.orm import Session
+
+from aftercare.sessions import actions
+from aftercare.sessions.service import SessionRequest
+from aftercare.storage.models import DeliveryAttempt, Reminder, TreatmentSession
+from aftercare.web.api_errors import ApiRoute, responses
+from aftercare.web.auth import CurrentStaff, DbSession
+from aftercare.web.deps import RuntimeDep
+from aftercare.web.schemas import (
+    AttemptOut,
+    PlannedReminderOut,
+    ReminderOut,
+    ReplyOut,
+    SessionCreatedOut,
+    SessionIn,
+    SessionOut,
+    iso,
+    iso_or_none,
+)
+
+router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=ApiRoute)
+
+MAX_ID = 2**31 - 1
+SessionId = Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="The session's id.")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionCreatedOut,
+    responses=responses(422),
+)
+def create_session(
+    body: SessionIn, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
+) -> SessionCreatedOut:
+    """Record a treatment session and plan its reminders; the planned timeline."""
+    patient = body.patient
+    request = SessionRequest(
+        name=patient.name,
+        phone=patient.phone,
+        email=patient.email,
+        timezone=patient.timezone or rt.settings.default_timezone,
+        channels=list(patient.channels),
+        treated_at=body.treated_at,
+        regimen=body.regimen,
+        parameters=dict(body.parameters),
+        consent=body.consent,
+        contraindications_checked=body.contraindications_checked,
+    )
+    session = actions.enrol(
+        db_session=db_session,
+        request=request,
+        registry=rt.registry,
+        quiet=rt.quiet,
+        now=rt.clock.now(),
+        actor_id=staff.id,
+    )
+    zone = ZoneInfo(session.timezone)
+    reminders = actions.session_reminders(db_session=db_session, session_id=session.id)
+    return SessionCreatedOut(
+        id=session.id,
+        patient_id=session.patient_id,
+        reminders=[
+            PlannedReminderOut(
+                step=r.step,
+                channel=r.channel,
+                template=r.template,
+                due_utc=iso(r.due_at),
+                due_local=iso(r.due_at.astimezone(zone)),
+                state=r.state,
+            )
+            for r in reminders
+        ],
+    )
+
+
+@router.get("/{id}", response_model=SessionOut, responses=responses(404, 422))
+def read_session(session_id: SessionId, staff: CurrentStaff, db_session: DbSession) -> SessionOut:
+    """The session's timeline: each reminder with its state and attempts, and the replies."""
+    session = actions.get_session(db_session=db_session, session_id=session_id)
+    return timeline(db_session, session)
+
+
+@router.post("/{id}/pause", response_model=SessionOut, responses=responses(404, 409, 422))
+def pause_session(
+    session_id: SessionId, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
+) -> SessionOut:
+    """Hold every reminder not yet sent (409 unless the session is active)."""
+    session = actions.pause_session(
+        db_session=db_session, session_id=session_id, actor_id=staff.id, now=rt.clock.now()
+    )
+    return timeline(db_session, session)
+
+
+@router.post("/{id}/resume", response_model=SessionOut, responses=responses(404, 409, 422))
+def resume_session(
+    session_id: SessionId, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
+) -> SessionOut:
+    """Put held reminders back on the schedule, expiring those now too late to be useful
+    (409 unless the session is paused)."""
+    session = actions.resume_session(
+        db_session=db_session,
+        session_id=session_id,
+        actor_id=staff.id,
+        now=rt.clock.now(),
+        quiet=rt.quiet,
+    )
+    return timeline(db_session, session)
+
+
+@router.post("/{id}/cancel", response_model=SessionOut, responses=responses(404, 409, 422))
+def cancel_session(
+    session_id: SessionId, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
+) -> SessionOut:
+    """Cancel every reminder not yet sent (409 if the session is already cancelled)."""
+    session = actions.cancel_session(
+        db_session=db_session, session_id=session_id, actor_id=staff.id, now=rt.clock.now()
+    )
+    return timeline(db_session, session)
+
+
+def timeline(db_session: Session, session: TreatmentSession) -> SessionOut:
+    """The API's view of one session, read fresh from the database."""
+    zone = ZoneInfo(session.timezone)
+    attempts = actions.session_attempts(db_session=db_session, session_id=session.id)
+    replies = actions.session_replies(db_session=db_session, session_id=session.id)
+    return SessionOut(
+        id=session.id,
+        patient_id=session.patient_id,
+        regimen=session.regimen_id,
+        regimen_version=session.regimen_version,
+        treated_at=iso(session.treated_at),
+        recorded_at=iso(session.recorded_at),
+        timezone=session.timezone,
+        channels=[c for c in session.channels.split(",") if c],
+        parameters=dict(session.parameters),
+        status=session.status,
+        paused_at=iso_or_none(session.paused_at),
+        cancelled_at=iso_or_none(session.cancelled_at),
+        checkin_answer=session.checkin_answer,
+        reminders=[
+            _reminder(r, zone, attempts.get(r.id, []))
+            for r in actions.session_reminders(db_session=db_session, session_id=session.id)
+        ],
+        replies=[
+            ReplyOut(
+                id=m.id,
+                received_at=iso(m.received_at),
+                kind=m.kind,
+                checkin_answer=m.checkin_answer,
+                body=m.body,
+            )
+            for m in replies
+        ],
+    )
+
+
+def _reminder(r: Reminder, zone: ZoneInfo, attempts: list[DeliveryAttempt]) -> ReminderOut:
+    return ReminderOut(
+        id=r.id,
+        step=r.step,
+        occurrence=r.occurrence,
+        channel=r.channel,
+        template=r.template,
+        due_utc=iso(r.due_at),
+        due_local=iso(r.due_at.astimezone(zone)),
+        state=r.state,
+        critical=r.critical,
+        reason=r.reason,
+        sent_at=iso_or_none(r.sent_at),
+        attempts=[
+            AttemptOut(
+                id=a.id,
+                transport=a.transport,
+                started_at=iso(a.started_at),
+                finished_at=iso_or_none(a.finished_at),
+                outcome=a.outcome,
+                provider_status=a.provider_status,
+                error_code=a.error_code,
+                status_updated_at=iso_or_none(a.status_updated_at),
+            )
+            for a in attempts
+        ],
+    )

@@ -1,0 +1,67 @@
+"""Bearer-token authentication for the JSON API.
+
+Every ``/api/v1`` route needs ``Authorization: Bearer <token>``, a live token of an enabled staff
+member (``aftercare staff token EMAIL``). Missing or bad: 401; a staff member on an admin-only
+route: 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from aftercare.staff.service import staff_for_token
+from aftercare.storage.models import StaffUser
+from aftercare.web.deps import RuntimeDep
+
+_bearer = HTTPBearer(auto_error=False, description="A staff member's API token.")
+
+
+def api_db_session(rt: RuntimeDep) -> Iterator[Session]:
+    """A database session committed when the handler returns, before the response is sent.
+
+    Scoped to the handler ("function"), so a failed commit is a 500, never a 201 for data that
+    was rolled back, and a client's next request always sees what this one wrote.
+    """
+    with rt.db.session() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(api_db_session, scope="function")]
+
+
+def current_staff(
+    rt: RuntimeDep,
+    db_session: DbSession,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> StaffUser:
+    """The staff member named by the request's bearer token, else 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorised("an API token is required (Authorization: Bearer <token>)")
+    user = staff_for_token(db_session=db_session, token=credentials.credentials, now=rt.clock.now())
+    if user is None:
+        raise _unauthorised("the API token is invalid or revoked")
+    return user
+
+
+def _unauthorised(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+CurrentStaff = Annotated[StaffUser, Depends(current_staff)]
+
+
+def admin_staff(user: CurrentStaff) -> StaffUser:
+    """The current staff member if an admin, else 403."""
+    if user.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this needs an admin account")
+    return user
+
+
+AdminStaff = Annotated[StaffUser, Depends(admin_staff)]

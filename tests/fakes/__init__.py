@@ -1,0 +1,1 @@
+"""Recording fakes of outside services, reached over real sockets by the real client libraries."""
