@@ -65,7 +65,7 @@ class Runtime:
                 email_from=settings.email_from,
                 secret_key=settings.effective_secret_key(),
             ),
-            transports={"sms": self.transport("sms"), "email": self.transport("email")},
+            transports=_LazyTransports(self),
         )
 
     def transport(self, channel: str) -> Transport:
@@ -75,6 +75,19 @@ class Runtime:
 
             self._transports[channel] = build_transport(channel, self.settings)
         return self._transports[channel]
+
+
+class _LazyTransports(dict[str, Transport]):
+    """Transports built on first use, so a misconfigured email transport never stops SMS."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__()
+        self._rt = rt
+
+    def __missing__(self, channel: str) -> Transport:
+        transport = self._rt.transport(channel)
+        self[channel] = transport
+        return transport
 
 
 _runtime: Runtime | None = None

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from aftercare.audit.service import list_events
 from aftercare.clock import FixedClock
+from aftercare.flags.service import raise_flag
 from aftercare.planning.planner import plan
 from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
@@ -419,3 +420,21 @@ def test_every_action_is_audited_with_its_actor_and_ids_only(runtime: Runtime, a
         ("erase", actor, patient_id),
     ]
     assert "new.address" not in repr([e.detail for e in events])
+
+
+def test_resolving_a_flag_is_audited_and_twice_is_a_conflict(runtime: Runtime, actor: int) -> None:
+    session_id = enrol(runtime)
+    patient_id = session_row(runtime, session_id).patient_id
+    with runtime.db.session() as s:
+        flag_id = raise_flag(
+            s, kind="checkin_concern", patient_id=patient_id, text="still dark", now=NOW
+        ).id
+
+    flag = act(runtime, actions.resolve_flag, flag_id=flag_id, actor_id=actor, note="called")
+
+    assert (flag.resolved_at, flag.resolved_by_id, flag.resolution_note) == (NOW, actor, "called")
+    assert audit_actions(runtime) == [("resolve_flag", actor)]
+    with pytest.raises(actions.Conflict, match="already resolved"):
+        act(runtime, actions.resolve_flag, flag_id=flag_id, actor_id=actor)
+    with pytest.raises(actions.NotFound, match="flag 999"):
+        act(runtime, actions.resolve_flag, flag_id=999, actor_id=actor)

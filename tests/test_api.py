@@ -298,6 +298,21 @@ def test_malformed_json_is_422_in_the_same_shape(api: Api) -> None:
     assert error_shape(response)[0][0][0] == "body"
 
 
+@pytest.mark.parametrize("treated_at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_instant_with_no_utc_equivalent_is_422(api: Api, treated_at: str) -> None:
+    response = api.client.post("/api/v1/sessions", json=session_body(treated_at=treated_at))
+    assert response.status_code == 422
+    assert error_shape(response) == [(["body", "treated_at"], "is out of range")]
+
+
+def test_body_that_is_not_utf8_is_422_in_the_same_shape(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/sessions", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert error_shape(response)[0][0] == ["body"]
+
+
 # The timeline, pause, resume, cancel -------------------------------------------------------------
 
 
@@ -503,6 +518,21 @@ def test_resolving_a_flag_removes_it_from_the_list_and_twice_is_409(api: Api) ->
         created["patient_id"],
         {"flag_id": flag_id, "kind": "urgent_reply"},
     )
+
+
+def test_control_characters_in_a_flag_note_or_an_audit_filter_are_422(api: Api) -> None:
+    created = api.enrol()
+    with api.rt.db.session() as s:
+        flag_id = raise_flag(
+            s, kind="urgent_reply", patient_id=created["patient_id"], text="pain", now=NOW
+        ).id
+
+    note = api.client.post(f"/api/v1/flags/{flag_id}/resolve", json={"note": "called\x00back"})
+    action = api.client.get("/api/v1/audit", params={"action": "en\x00rol"}, headers=api.as_admin)
+
+    assert error_shape(note) == [(["body", "note"], "contains characters that are not allowed")]
+    assert error_shape(action)[0][0] == ["query", "action"]
+    assert len(api.client.get("/api/v1/flags").json()) == 1
 
 
 def test_audit_log_shows_who_did_what_newest_first_with_ids_only(api: Api) -> None:

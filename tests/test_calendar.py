@@ -13,7 +13,7 @@ from icalendar import Calendar, Event
 from aftercare.messages.calendar import regimen_calendar
 from aftercare.planning.planner import step_instants
 from aftercare.planning.quiet import QuietHours
-from aftercare.regimens.loader import load_regimen
+from aftercare.regimens.loader import RegimenError, load_regimen, parse_regimen
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMEN = load_regimen(ROOT / "schedules" / "micro-sclerotherapy.yaml")
@@ -161,3 +161,18 @@ def test_calendar_when_built_twice_then_identical_with_stable_uids() -> None:
 def test_calendar_never_shows_the_session_key() -> None:
     data = build(LONDON_TREATED, "Europe/London", session_key="SecretPublicId:42")
     assert b"SecretPublicId" not in data
+
+
+def test_shipped_regimen_then_only_the_welcome_step_attaches_the_calendar() -> None:
+    assert [step.id for step in REGIMEN.steps if step.attach_calendar] == ["welcome"]
+
+
+def test_regimen_when_attach_calendar_is_not_a_boolean_then_refused_naming_the_key() -> None:
+    text = (ROOT / "schedules" / "micro-sclerotherapy.yaml").read_text(encoding="utf-8")
+    assert text.count("    attach_calendar: true") == 1
+    broken = text.replace("    attach_calendar: true", '    attach_calendar: "yes"')
+    with pytest.raises(RegimenError) as caught:
+        parse_regimen(broken, file="bad.yaml")
+    assert caught.value.key == "steps[0].attach_calendar"
+    assert caught.value.reason == "must be true or false"
+    assert caught.value.line == broken.splitlines().index('    attach_calendar: "yes"') + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from aftercare.cli.main import cli
@@ -24,7 +26,7 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.runtime import Runtime, get_runtime, set_runtime
 from aftercare.sessions import importer
-from aftercare.sessions.service import record_session, validate_request
+from aftercare.sessions.service import record_session
 from aftercare.storage.db import Database
 from aftercare.storage.models import AuditEvent, Base, Patient, Reminder, TreatmentSession
 
@@ -96,13 +98,31 @@ def expected_plan(row: dict[str, str], default_timezone: str = "Europe/London") 
 
 
 def _planned_key(r: PlannedReminder) -> tuple[Any, ...]:
-    return (r.step, r.occurrence, r.channel, r.template, r.nominal_utc, r.due_utc,
-            r.expires_utc, r.critical, r.state)
+    return (
+        r.step,
+        r.occurrence,
+        r.channel,
+        r.template,
+        r.nominal_utc,
+        r.due_utc,
+        r.expires_utc,
+        r.critical,
+        r.state,
+    )
 
 
 def _stored_key(r: Reminder) -> tuple[Any, ...]:
-    return (r.step, r.occurrence, r.channel, r.template, r.nominal_at, r.due_at, r.expires_at,
-            r.critical, r.state)
+    return (
+        r.step,
+        r.occurrence,
+        r.channel,
+        r.template,
+        r.nominal_at,
+        r.due_at,
+        r.expires_at,
+        r.critical,
+        r.state,
+    )
 
 
 @dataclass
@@ -122,7 +142,8 @@ class Aftercare:
                 runtime.db.dispose()
             set_runtime(None)
 
-    def stored(self) -> Iterator[Any]:
+    @contextmanager
+    def stored(self) -> Iterator[Session]:
         db = Database(self.database_url)
         try:
             with db.session() as db_session:
@@ -132,21 +153,19 @@ class Aftercare:
 
     def patients_by_name(self) -> dict[str, list[Reminder]]:
         """Each stored patient's name -> the reminders of their (one) session."""
-        out: dict[str, list[Reminder]] = {}
-        for db_session in self.stored():
-            for patient in db_session.scalars(select(Patient)):
-                (session,) = patient.sessions
-                out[patient.name] = list(session.reminders)
-        return out
+        with self.stored() as db_session:
+            return {
+                patient.name: list(session.reminders)
+                for patient in db_session.scalars(select(Patient))
+                for session in patient.sessions
+            }
 
     def row_counts(self) -> dict[str, int]:
-        for db_session in self.stored():
+        with self.stored() as db_session:
             return {
                 table.name: db_session.scalar(select(func.count()).select_from(table)) or 0
                 for table in Base.metadata.sorted_tables
-                if table.name != "alembic_version"
             }
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture
@@ -213,36 +232,34 @@ def test_import_when_every_row_is_good_then_stores_each_session_with_the_planner
 
 
 def test_import_when_a_session_is_imported_then_it_is_stored_as_enrolment_stores_it(
-    aftercare: Aftercare, tmp_path: Path
+    aftercare: Aftercare,
 ) -> None:
-    row = good_row(3, phone="07911 123456", daily_days="7")
-    succeeded(aftercare("import", str(write_csv(tmp_path / "one.csv", [row]))))
-    rt = Runtime(get_runtime().settings)
-    valid = validate_request(
-        importer._request(dict(row), ["daily_days", "checkin_week"], "Europe/London"),
-        registry=REGISTRY,
-        quiet=QUIET,
-        now=NOW,
+    # Treated five days ago: some reminders are skipped (catch-up), the rest scheduled.
+    path = write_csv(aftercare.folder / "one.csv", [good_row(28, daily_days="7")])
+    succeeded(aftercare("import", str(path)))
+    read = importer.read_csv(path.read_bytes(), columns=importer.known_columns(REGISTRY))
+    checked = importer.check_rows(
+        read, registry=REGISTRY, quiet=QUIET, now=NOW, default_timezone="Europe/London"
     )
+    db = Database(aftercare.database_url)
     try:
-        with rt.db.session() as db_session:
-            record_session(db_session=db_session, valid=valid, now=NOW)
+        with db.session() as db_session:
+            record_session(db_session=db_session, valid=checked.good[0].valid, now=NOW)
     finally:
-        rt.db.dispose()
+        db.dispose()
 
-    for db_session in aftercare.stored():
+    skip = {"id", "patient_id", "session_id", "public_id"}
+
+    def columns(row: Any) -> dict[str, Any]:
+        return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
+
+    with aftercare.stored() as db_session:
         imported, enrolled = db_session.scalars(
             select(TreatmentSession).order_by(TreatmentSession.id)
         ).all()
-        skip = {"id", "patient_id", "session_id", "public_id"}
-
-        def columns(row: Base) -> dict[str, Any]:
-            return {
-                c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip
-            }
-
         assert columns(imported) == columns(enrolled)
         assert columns(imported.patient) == columns(enrolled.patient)
+        assert {r.state for r in imported.reminders} == {"scheduled", "skipped"}
         assert sorted(map(columns, imported.reminders), key=repr) == sorted(
             map(columns, enrolled.reminders), key=repr
         )
@@ -271,15 +288,15 @@ def test_import_when_a_row_has_no_timezone_then_the_default_timezone_option_is_u
 
     succeeded(aftercare("import", str(path), "--default-timezone", "America/Chicago"))
 
-    for db_session in aftercare.stored():
+    with aftercare.stored() as db_session:
         assert db_session.scalars(select(Patient.timezone)).all() == ["America/Chicago"]
 
 
 def test_store_when_chunks_are_small_then_each_session_gets_its_own_reminders(
-    runtime: Runtime,
+    runtime: Runtime, tmp_path: Path
 ) -> None:
     rows = [good_row(i) for i in range(10)]
-    path = write_csv(runtime.settings.data_dir.parent / "s.csv", rows)
+    path = write_csv(tmp_path / "s.csv", rows)
     read = importer.read_csv(path.read_bytes(), columns=importer.known_columns(REGISTRY))
     checked = importer.check_rows(
         read, registry=REGISTRY, quiet=QUIET, now=NOW, default_timezone="Europe/London"
@@ -408,13 +425,13 @@ def test_import_when_bad_cells_look_like_formulas_then_no_report_cell_starts_a_f
     aftercare: Aftercare,
 ) -> None:
     formula = '=HYPERLINK("http://evil.example")'
-    rows = [good_row(1, timezone=formula, regimen="@SUM(A1)", daily_days="-1+1", name=formula)]
+    rows = [good_row(1, timezone=formula, email="@SUM(A1)", daily_days="-1+1", name=formula)]
     path = write_csv(aftercare.folder / "evil.csv", rows)
 
     assert aftercare("import", str(path)).exit_code == 1
 
     report = read_report(aftercare.folder / "evil.errors.csv")
-    assert {field for _, field, _ in report} == {"timezone", "regimen", "daily_days"}
+    assert {field for _, field, _ in report} == {"timezone", "email", "daily_days"}
     assert not any(cell.startswith(("=", "+", "-", "@")) for _, f, e in report for cell in (f, e))
 
 
@@ -435,12 +452,22 @@ def test_import_dry_run_when_rows_are_good_then_shows_what_would_be_imported_and
     assert lines[0] == (
         f"dry run, nothing stored: would import 6 sessions, 1 rows refused; report: {report}"
     )
-    to_send = sum(
-        1 for row in rows[:6] for key in expected_plan(row) if key[-1] == "scheduled"
-    )
+    to_send = sum(1 for row in rows[:6] for key in expected_plan(row) if key[-1] == "scheduled")
     assert lines[1:] == [f"  micro-sclerotherapy: 6 sessions, {to_send} reminders to send"]
     assert [(row, field) for row, field, _ in read_report(report)] == [(8, "phone")]
     assert set(aftercare.row_counts().values()) == {0}
+
+
+def test_import_dry_run_when_on_the_embedded_default_then_creates_no_database(
+    aftercare: Aftercare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFTERCARE_DATABASE_URL")
+    path = write_csv(aftercare.folder / "s.csv", [good_row(1)])
+
+    result = succeeded(aftercare("import", str(path), "--dry-run"))
+
+    assert "would import 1 sessions, 0 rows refused" in result.stdout
+    assert not (aftercare.folder / "data" / "aftercare.sqlite3").exists()
 
 
 def test_import_when_the_file_has_only_a_header_then_imports_nothing_and_says_so(
@@ -471,14 +498,16 @@ def test_import_when_the_file_has_only_a_header_then_imports_nothing_and_says_so
             "unknown column 'nhs_number'",
             id="unknown-column",
         ),
+        pytest.param(";".join(HEADER).encode() + b"\n", "is not comma-separated", id="semicolons"),
         pytest.param(
-            ";".join(HEADER).encode() + b"\n", "is not comma-separated", id="semicolons"
+            b"name,treated_at,consent\n",
+            "missing column 'contraindications_checked'",
+            id="missing-column",
         ),
-        pytest.param(b"name,treated_at,consent\n", "missing column 'contraindications_checked'",
-                     id="missing-column"),
         pytest.param(b"name,name\n", "column 'name' appears twice", id="duplicate-column"),
         pytest.param(b"", "is empty", id="empty"),
-        pytest.param(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a CSV file", id="binary"),
+        # An Excel workbook (a zip file) where a CSV export was meant.
+        pytest.param(b"PK\x03\x04\x14\x00\x06\x00", "not a CSV file", id="xlsx"),
         pytest.param(b'name,phone\n"Jane"x,1\n', "is not a valid CSV file", id="bad-quoting"),
     ],
 )

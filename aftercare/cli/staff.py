@@ -73,6 +73,14 @@ def add(
     if role not in service.ROLES:
         _fail(f"role: must be one of {', '.join(service.ROLES)}")
     rt = _runtime()
+    # Refuse a bad or taken address before asking for a password.
+    try:
+        address = service.normalise_email(email)
+    except service.StaffError as exc:
+        _fail(str(exc))
+    with rt.db.session() as db_session:
+        if service.get_by_email(db_session=db_session, email=address) is not None:
+            _fail(f"a staff account for {address} already exists")
     password = _new_password(generate)
     try:
         with rt.db.session() as db_session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.utils import parseaddr
 from zoneinfo import ZoneInfo
 
 from aftercare.channels.base import Attachment, EmailMessage, Message, SmsMessage
@@ -75,7 +76,7 @@ def compose(
         raise MissingAddress("no email address")
     email = renderer.render_email(reminder.template, context)
     assert unsubscribe is not None
-    mailto = clinic.email_from
+    mailto = parseaddr(clinic.email_from)[1] or clinic.email_from
     attachments: tuple[Attachment, ...] = ()
     if regimen.step(reminder.step).attach_calendar:
         ics = regimen_calendar(

@@ -1,19 +1,23 @@
-"""Deliver one reminder: check, record the attempt, commit, call the provider, record the outcome.
+"""Deliver reminders: check, record the attempt, commit, call the provider, record the outcome.
 
 Write before you send: the attempt row is committed before any network I/O, so a worker killed
 at any instruction leaves either a ``queued`` reminder (not yet attempted; it will be sent) or a
 ``sending`` one with a pending attempt (ambiguous; it is reconciled with the provider's own
 record before anything is sent again, see :func:`reconcile`).
+
+A reminder that fails for good is flagged for staff in the same transaction, and a failed SMS is
+replaced by its email version (:mod:`aftercare.reminders.fallback`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aftercare.channels.base import (
@@ -24,7 +28,9 @@ from aftercare.channels.base import (
     TransportError,
 )
 from aftercare.clock import Clock
+from aftercare.flags.service import raise_flag
 from aftercare.messages.render import MessageRenderer, TemplateError
+from aftercare.ops import metrics
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.reminders import states
@@ -32,7 +38,7 @@ from aftercare.reminders.compose import Clinic, MissingAddress, compose
 from aftercare.reminders.fallback import after_failure, fall_back_to_email
 from aftercare.reminders.retry import MAX_ATTEMPTS, backoff
 from aftercare.storage.db import Database
-from aftercare.storage.models import DeliveryAttempt, Patient, Reminder, TreatmentSession
+from aftercare.storage.models import DeliveryAttempt, Flag, Patient, Reminder, TreatmentSession
 
 log = logging.getLogger(__name__)
 
@@ -85,97 +91,230 @@ def _hold_reason(
 
 def deliver(*, deps: Deps, reminder_id: int) -> str:
     """Send one queued reminder. Returns what happened (for the task's summary)."""
+    return deliver_batch(deps=deps, reminder_ids=[reminder_id])[0]
+
+
+@dataclass
+class _Prepared:
+    reminder_id: int
+    attempt_id: int
+    attempts: int
+    channel: str
+    due_at: datetime
+    message: Message
+
+
+def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
+    """Send a batch of queued reminders, each one independently idempotent.
+
+    One transaction checks every reminder, moves the sendable ones to ``sending`` and writes
+    their attempts; then each message goes to its provider; then one transaction records the
+    successes (failures are recorded one by one). Returns an outcome per id, in order.
+    """
     now = deps.clock.now()
+    outcomes: dict[int, str] = {}
+    prepared: list[_Prepared] = []
     with deps.db.session() as db_session:
-        reminder, session, patient = _load(db_session, reminder_id)
-        if reminder.state != states.QUEUED:
-            return "not-queued"
-        hold = _hold_reason(reminder, session, patient, now)
-        if hold is not None:
-            target, reason = hold
-            moved = states.transition(
-                db_session,
-                [reminder_id],
-                source=states.QUEUED,
-                target=target,
-                now=now,
-                reason=reason,
-            )
-            if moved and reason == SMS_BLOCKED:
-                # The number cannot take SMS until staff fix it: email carries the regimen on.
-                fall_back_to_email(db_session=db_session, reminder=reminder, now=now)
-            return target
-        zone = ZoneInfo(session.timezone)
-        if reminder.channel == "sms" and deps.quiet.contains(now.astimezone(zone).time()):
-            # Late work (a backlog, a retry) never texts a patient at night.
+        loaded = _load_many(db_session, reminder_ids)
+        sendable: list[tuple[Reminder, Message]] = []
+        for reminder_id in reminder_ids:
+            if reminder_id in outcomes:
+                continue
+            row = loaded.get(reminder_id)
+            if row is None or row[0].state != states.QUEUED:
+                outcomes[reminder_id] = "not-queued"
+                continue
+            outcome, message = _check(db_session, deps, *row, now=now)
+            if message is None:
+                outcomes[reminder_id] = outcome
+            else:
+                sendable.append((row[0], message))
+        moved = set(
             states.transition(
                 db_session,
-                [reminder_id],
+                [r.id for r, _ in sendable],
                 source=states.QUEUED,
-                target=states.SCHEDULED,
+                target=states.SENDING,
                 now=now,
-                due_at=deps.quiet.defer(now, zone),
-                reason="deferred by quiet hours",
+                attempts=Reminder.attempts + 1,
             )
-            return "deferred"
-        try:
-            message = compose(
-                reminder=reminder,
-                session=session,
-                patient=patient,
-                registry=deps.registry,
-                renderer=deps.renderer,
-                quiet=deps.quiet,
-                clinic=deps.clinic,
+        )
+        attempts = {
+            r.id: DeliveryAttempt(
+                reminder_id=r.id,
+                transport=deps.transports[r.channel].name,
+                started_at=now,
+                outcome="pending",
             )
-        except (TemplateError, MissingAddress, KeyError) as exc:
-            cause = f"cannot compose: {type(exc).__name__}"
-            if states.transition(
-                db_session,
-                [reminder_id],
-                source=states.QUEUED,
-                target=states.FAILED,
-                now=now,
-                reason=cause,
-            ):
-                after_failure(
-                    db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
+            for r, _ in sendable
+            if r.id in moved
+        }
+        db_session.add_all(attempts.values())
+        db_session.flush()
+        for reminder, message in sendable:
+            if reminder.id not in moved:
+                outcomes[reminder.id] = "not-queued"
+                continue
+            prepared.append(
+                _Prepared(
+                    reminder_id=reminder.id,
+                    attempt_id=attempts[reminder.id].id,
+                    attempts=reminder.attempts + 1,
+                    channel=reminder.channel,
+                    due_at=reminder.due_at,
+                    message=message,
                 )
-            log.error("reminder %s cannot be composed (%s)", reminder_id, type(exc).__name__)
-            return states.FAILED
-        if not states.transition(
+            )
+    # Committed: from here a crash leaves 'sending' reminders with pending attempts.
+    sent: list[tuple[_Prepared, SendResult]] = []
+    for item in prepared:
+        transport = deps.transports[item.channel]
+        try:
+            result = transport.send(item.message)
+        except TransportError as exc:
+            metrics.PROVIDER_ERRORS.labels(transport.name, exc.code or "none").inc()
+            if exc.ambiguous:
+                outcomes[item.reminder_id] = _settle_ambiguous(
+                    deps,
+                    reminder_id=item.reminder_id,
+                    attempt_id=item.attempt_id,
+                    message=item.message,
+                    transport=transport,
+                    started=now,
+                )
+            else:
+                outcomes[item.reminder_id] = _record_failure(
+                    deps, item.reminder_id, item.attempt_id, item.attempts, exc
+                )
+            continue
+        metrics.LATENESS.labels(item.channel).observe(
+            max((deps.clock.now() - item.due_at).total_seconds(), 0.0)
+        )
+        sent.append((item, result))
+    _record_sent_many(deps, sent)
+    for item, _ in sent:
+        outcomes[item.reminder_id] = states.SENT
+    return [outcomes[i] for i in reminder_ids]
+
+
+def _load_many(
+    db_session: Session, reminder_ids: Sequence[int]
+) -> dict[int, tuple[Reminder, TreatmentSession, Patient]]:
+    """The reminders with their sessions and patients, in three queries."""
+    reminders = db_session.scalars(select(Reminder).where(Reminder.id.in_(reminder_ids))).all()
+    sessions = {
+        s.id: s
+        for s in db_session.scalars(
+            select(TreatmentSession).where(
+                TreatmentSession.id.in_({r.session_id for r in reminders})
+            )
+        )
+    }
+    patients = {
+        p.id: p
+        for p in db_session.scalars(
+            select(Patient).where(Patient.id.in_({s.patient_id for s in sessions.values()}))
+        )
+    }
+    return {
+        r.id: (r, sessions[r.session_id], patients[sessions[r.session_id].patient_id])
+        for r in reminders
+    }
+
+
+def _check(
+    db_session: Session,
+    deps: Deps,
+    reminder: Reminder,
+    session: TreatmentSession,
+    patient: Patient,
+    *,
+    now: datetime,
+) -> tuple[str, Message | None]:
+    """Hold, defer or fail a reminder that must not go now; else compose its message."""
+    reminder_id = reminder.id
+    hold = _hold_reason(reminder, session, patient, now)
+    if hold is not None:
+        target, reason = hold
+        moved = states.transition(
+            db_session, [reminder_id], source=states.QUEUED, target=target, now=now, reason=reason
+        )
+        if moved and reason == SMS_BLOCKED:
+            # The number cannot take SMS until staff fix it: email carries the regimen on.
+            fall_back_to_email(db_session=db_session, reminder=reminder, now=now)
+        return target, None
+    zone = ZoneInfo(session.timezone)
+    if reminder.channel == "sms" and deps.quiet.contains(now.astimezone(zone).time()):
+        # Late work (a backlog, a retry) never texts a patient at night.
+        states.transition(
             db_session,
             [reminder_id],
             source=states.QUEUED,
-            target=states.SENDING,
+            target=states.SCHEDULED,
             now=now,
-            attempts=reminder.attempts + 1,
-        ):
-            return "not-queued"
-        transport = deps.transports[reminder.channel]
-        attempt = DeliveryAttempt(
-            reminder_id=reminder_id, transport=transport.name, started_at=now, outcome="pending"
+            due_at=deps.quiet.defer(now, zone),
+            reason="deferred by quiet hours",
         )
-        db_session.add(attempt)
-        db_session.flush()
-        attempt_id = attempt.id
-        attempts = reminder.attempts + 1
-    # Committed: from here a crash leaves a 'sending' reminder with a pending attempt.
+        return "deferred", None
     try:
-        result = transport.send(message)
-    except TransportError as exc:
-        if exc.ambiguous:
-            return _settle_ambiguous(
-                deps,
-                reminder_id=reminder_id,
-                attempt_id=attempt_id,
-                message=message,
-                transport=transport,
-                started=now,
+        message = compose(
+            reminder=reminder,
+            session=session,
+            patient=patient,
+            registry=deps.registry,
+            renderer=deps.renderer,
+            quiet=deps.quiet,
+            clinic=deps.clinic,
+        )
+    except (TemplateError, MissingAddress, KeyError, ValueError) as exc:
+        cause = f"cannot compose: {type(exc).__name__}"
+        if states.transition(
+            db_session,
+            [reminder_id],
+            source=states.QUEUED,
+            target=states.FAILED,
+            now=now,
+            reason=cause,
+        ):
+            after_failure(
+                db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
             )
-        return _record_failure(deps, reminder_id, attempt_id, attempts, exc)
-    _record_sent(deps, reminder_id, attempt_id, result, outcome="sent")
-    return states.SENT
+        log.error("reminder %s cannot be composed (%s)", reminder_id, type(exc).__name__)
+        return states.FAILED, None
+    return "send", message
+
+
+def _record_sent_many(deps: Deps, sent: list[tuple[_Prepared, SendResult]]) -> None:
+    """Record every accepted message in one transaction."""
+    if not sent:
+        return
+    now = deps.clock.now()
+    with deps.db.session() as db_session:
+        db_session.execute(
+            update(DeliveryAttempt),
+            [
+                {
+                    "id": item.attempt_id,
+                    "outcome": "sent",
+                    "finished_at": now,
+                    "provider_id": result.provider_id,
+                    "provider_status": result.status,
+                }
+                for item, result in sent
+            ],
+        )
+        states.transition(
+            db_session,
+            [item.reminder_id for item, _ in sent],
+            source=states.SENDING,
+            target=states.SENT,
+            now=now,
+            sent_at=now,
+            reason=None,
+        )
+    log.info(
+        "sent %s reminder(s)", len(sent), extra={"reminder_ids": [i.reminder_id for i, _ in sent]}
+    )
 
 
 def _record_sent(
@@ -262,30 +401,55 @@ def _settle_ambiguous(
     message: Message,
     transport: Transport,
     started: datetime,
+    recovering: bool = False,
 ) -> str:
-    """The provider may have accepted the message: ask it before anything is sent again."""
+    """The provider may have accepted the message: ask it before anything is sent again.
+
+    Found: recorded as sent. Not found right after the failure: left ``sending`` for the recovery
+    task to ask again minutes later (a provider's message list can lag behind its API, and a
+    resend on a stale "not found" would text the patient twice). Not found by the recovery task,
+    or the provider keeps no record at all (email): sent again, counting as an attempt.
+    """
     try:
         found = transport.lookup(message, since=started)
+        supported = True
     except LookupUnsupported:
-        found = None
+        found, supported = None, False
     except TransportError:
-        # Cannot tell yet: leave it 'sending'; the recovery task reconciles it later.
         log.warning("reminder %s: ambiguous send, provider lookup failed", reminder_id)
+        _mark_unconfirmed(deps, attempt_id)
         return "ambiguous"
     if found is not None:
         _record_sent(deps, reminder_id, attempt_id, found, outcome="reconciled")
         return states.SENT
-    # The provider never got it: send again now (no backoff; the provider was not at fault).
+    if supported and not recovering:
+        _mark_unconfirmed(deps, attempt_id)
+        return "unconfirmed"
     now = deps.clock.now()
     with deps.db.session() as db_session:
         attempt = db_session.get_one(DeliveryAttempt, attempt_id)
         attempt.outcome = "lost"
         attempt.finished_at = now
         reminder = db_session.get_one(Reminder, reminder_id)
-        due = now
+        if reminder.attempts >= MAX_ATTEMPTS:
+            cause = f"gave up after {reminder.attempts} attempts (no confirmation from provider)"
+            if states.transition(
+                db_session,
+                [reminder_id],
+                source=states.SENDING,
+                target=states.FAILED,
+                now=now,
+                reason=cause,
+            ):
+                after_failure(
+                    db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
+                )
+            return states.FAILED
+        # The first resend goes at once (the provider was not at fault); later ones back off.
+        due = now if reminder.attempts <= 1 else now + backoff(reminder.attempts - 1)
         if reminder.channel == "sms":
             session = db_session.get_one(TreatmentSession, reminder.session_id)
-            due = deps.quiet.defer(now, ZoneInfo(session.timezone))
+            due = deps.quiet.defer(due, ZoneInfo(session.timezone))
         states.transition(
             db_session,
             [reminder_id],
@@ -297,6 +461,14 @@ def _settle_ambiguous(
         )
     log.info("reminder %s: earlier attempt %s never reached the provider", reminder_id, attempt_id)
     return "resend"
+
+
+def _mark_unconfirmed(deps: Deps, attempt_id: int) -> None:
+    with deps.db.session() as db_session:
+        db_session.get_one(DeliveryAttempt, attempt_id).error_code = "ambiguous"
+
+
+STUCK_AFTER = timedelta(hours=1)
 
 
 def reconcile(*, deps: Deps, reminder_id: int) -> str:
@@ -331,11 +503,43 @@ def reconcile(*, deps: Deps, reminder_id: int) -> str:
             db_session.add(attempt)
             db_session.flush()
         attempt_id, started = attempt.id, attempt.started_at
-    return _settle_ambiguous(
+    outcome = _settle_ambiguous(
         deps,
         reminder_id=reminder_id,
         attempt_id=attempt_id,
         message=message,
         transport=deps.transports[reminder.channel],
         started=started,
+        recovering=True,
     )
+    if outcome == "ambiguous" and deps.clock.now() - started > STUCK_AFTER:
+        _flag_stuck(deps, reminder_id)
+    return outcome
+
+
+def _flag_stuck(deps: Deps, reminder_id: int) -> None:
+    """The provider cannot tell us for an hour whether a message went out: staff must look."""
+    with deps.db.session() as db_session:
+        already = db_session.scalar(
+            select(Flag.id).where(
+                Flag.reminder_id == reminder_id,
+                Flag.kind == "stale_reminder",
+                Flag.resolved_at.is_(None),
+            )
+        )
+        if already is not None:
+            return
+        reminder = db_session.get_one(Reminder, reminder_id)
+        session = db_session.get_one(TreatmentSession, reminder.session_id)
+        raise_flag(
+            db_session,
+            kind="stale_reminder",
+            patient_id=session.patient_id,
+            session_id=session.id,
+            reminder_id=reminder_id,
+            text=(
+                f"{reminder.channel.upper()} reminder '{reminder.step}' may or may not have been "
+                "sent: the provider has not confirmed it for over an hour. Check with the patient."
+            ),
+            now=deps.clock.now(),
+        )

@@ -1,4 +1,5 @@
-"""What staff do to a recorded session or patient: enrol, pause, resume, cancel, edit, erase.
+"""What staff do: enrol, pause, resume or cancel a session, edit or erase a patient, resolve a
+flag.
 
 Shared by the JSON API and the staff pages. Each function takes keyword arguments, works in the
 caller's transaction (no commit), writes one audit event, and raises :class:`NotFound`,
@@ -20,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aftercare.audit import service as audit
+from aftercare.flags import service as flags
 from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
@@ -357,7 +359,7 @@ def update_patient(
     detail: dict[str, audit.DetailValue] = {
         "fields": changed,
         "reminders_cancelled": totals[0],
-        "reminders_moved": totals[1],
+        "reminders_replanned": totals[1],
         "reminders_added": totals[2],
     }
     audit.record(
@@ -415,7 +417,8 @@ def _replan(
     now: datetime,
 ) -> list[int]:
     """Re-plan a live session's future for the patient's zone and channels: [cancelled,
-    moved, added]. Rows are updated in place, keyed by their (step, occurrence, channel) slot."""
+    re-planned, added]. Rows are updated in place, keyed by their (step, occurrence, channel)
+    slot."""
     try:
         regimen = registry.get(session.regimen_id)
     except KeyError as exc:
@@ -524,6 +527,33 @@ def _new_row(
         updated_at=now,
         reason="planned after a change to the patient's details",
     )
+
+
+# Resolve a flag ------------------------------------------------------------------------------
+
+
+def resolve_flag(
+    *, db_session: Session, flag_id: int, actor_id: int | None, now: datetime, note: str = ""
+) -> Flag:
+    """Mark a flag as dealt with (409 if it already is); audited as ``resolve_flag``."""
+    flag = db_session.get(Flag, flag_id, with_for_update=True)
+    if flag is None:
+        raise NotFound("flag", flag_id)
+    try:
+        flags.resolve_flag(db_session, flag=flag, staff_id=actor_id, now=now, note=note)
+    except flags.FlagAlreadyResolved as exc:
+        raise Conflict(str(exc)) from None
+    audit.record(
+        db_session=db_session,
+        action="resolve_flag",
+        actor_id=actor_id,
+        now=now,
+        patient_id=flag.patient_id,
+        session_id=flag.session_id,
+        detail={"flag_id": flag.id, "kind": flag.kind},
+    )
+    db_session.flush()
+    return flag
 
 
 # Erase a patient -----------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Every row goes through :func:`~aftercare.sessions.service.validate_request` (the validation of
 the API and of ``aftercare enrol``) and so through the pure planner. Nothing from a bad row is
-stored; the good rows are stored in chunks of about a thousand sessions, one transaction per
-chunk, so a session is never half stored. Storing uses Core multi-row INSERTs (and COPY for the
-reminders on PostgreSQL): one ORM object per reminder would cost more than planning it.
+stored; the good rows are stored in chunks of a thousand sessions, one transaction per chunk,
+so a session is never half stored. Storing writes patients, sessions, reminders and audit events
+with Core multi-row INSERTs, or binary COPY on PostgreSQL: one ORM object per reminder would cost
+more than planning it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Json
+from psycopg.types.json import Json, Jsonb
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -332,6 +333,7 @@ def neutralise(cell: str) -> str:
 
 def write_report(errors: Iterable[RowError], path: Path) -> None:
     """The per-row error report: ``row,field,error``, one line per reason (header only if none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["row", "field", "error"])
@@ -552,6 +554,9 @@ def _sent_as(kind: str) -> str:
     return "timestamptz" if kind == "timestamp" else kind
 
 
+_JSON: dict[str, type[Json] | type[Jsonb]] = {"json": Json, "jsonb": Jsonb}
+
+
 def _copy_values(cursor: psycopg.Cursor[Any], table: str, rows: list[dict[str, Any]]) -> None:
     """COPY rows given as the dicts the INSERT path uses, so both paths store the same values."""
     columns = list(rows[0])
@@ -562,7 +567,7 @@ def _copy_values(cursor: psycopg.Cursor[Any], table: str, rows: list[dict[str, A
         for row in rows:
             copy.write_row(
                 [
-                    Json(value) if kind == "json" and value is not None else value
+                    _JSON[kind](value) if kind in _JSON and value is not None else value
                     for value, kind in zip(row.values(), kinds, strict=True)
                 ]
             )

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aftercare.sessions.actions import Conflict, NotFound
 from aftercare.sessions.validation import FieldError, ValidationFailed
@@ -27,11 +28,15 @@ def field_errors(errors: Iterable[FieldError], *, prefix: Sequence[str | int]) -
     )
 
 
+# Pydantic's message for these quotes a regular expression; say what it means instead.
+_MESSAGES = {"string_pattern_mismatch": "contains characters that are not allowed"}
+
+
 def _from_pydantic(errors: Sequence[Any]) -> HTTPException:
     detail = [
         {
             "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "is not valid")),
+            "msg": _MESSAGES.get(e.get("type", ""), str(e.get("msg", "is not valid"))),
         }
         for e in errors
     ]
@@ -49,7 +54,7 @@ class ApiRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 raise _from_pydantic(exc.errors()) from None
-            except HTTPException as exc:
+            except StarletteHTTPException as exc:
                 if exc.status_code != status.HTTP_400_BAD_REQUEST:
                     raise
                 # FastAPI's answer to a body it cannot decode at all (not UTF-8): bad input too.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from fastapi import APIRouter, Body, Path, Query
 
 from aftercare.audit import service as audit
-from aftercare.flags.service import FlagAlreadyResolved, open_flags, resolve_flag
+from aftercare.flags.service import open_flags
+from aftercare.sessions import actions
 from aftercare.storage.models import Flag
 from aftercare.web.api_errors import ApiRoute, responses
 from aftercare.web.auth import AdminStaff, CurrentStaff, DbSession
@@ -41,27 +42,18 @@ def resolve(
     body: Annotated[ResolveIn | None, Body()] = None,
 ) -> FlagResolvedOut:
     """Mark a flag as dealt with, with an optional note (409 if it already is)."""
-    flag = db_session.get(Flag, flag_id, with_for_update=True)
-    if flag is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"flag {flag_id} not found")
-    now = rt.clock.now()
-    try:
-        resolve_flag(
-            db_session, flag=flag, staff_id=staff.id, now=now, note=body.note if body else ""
-        )
-    except FlagAlreadyResolved as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
-    audit.record(
+    flag = actions.resolve_flag(
         db_session=db_session,
-        action="resolve_flag",
+        flag_id=flag_id,
         actor_id=staff.id,
-        now=now,
-        patient_id=flag.patient_id,
-        session_id=flag.session_id,
-        detail={"flag_id": flag.id, "kind": flag.kind},
+        now=rt.clock.now(),
+        note=body.note if body else "",
     )
+    assert flag.resolved_at is not None  # just set by resolve_flag
     return FlagResolvedOut(
-        **flag_out(flag).model_dump(), resolved_at=iso(now), resolved_by_id=staff.id
+        **flag_out(flag).model_dump(),
+        resolved_at=iso(flag.resolved_at),
+        resolved_by_id=flag.resolved_by_id,
     )
 
 
@@ -85,7 +77,7 @@ def list_audit(
     db_session: DbSession,
     patient_id: OptionalId = None,
     actor_id: OptionalId = None,
-    action: Annotated[str | None, Query(max_length=32)] = None,
+    action: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$")] = None,
     before_id: OptionalId = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AuditEventOut]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -10,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from aftercare.sessions import actions
 from aftercare.sessions.service import SessionRequest
+from aftercare.sessions.validation import FieldError, ValidationFailed, clean_instant
 from aftercare.storage.models import DeliveryAttempt, Reminder, TreatmentSession
-from aftercare.web.api_errors import ApiRoute, responses
+from aftercare.web.api_errors import ApiRoute, field_errors, responses
 from aftercare.web.auth import CurrentStaff, DbSession
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.schemas import (
@@ -42,6 +44,7 @@ def create_session(
     body: SessionIn, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
 ) -> SessionCreatedOut:
     """Record a treatment session and plan its reminders; the planned timeline."""
+    _refuse_unconvertible_instant(body.treated_at)
     patient = body.patient
     request = SessionRequest(
         name=patient.name,
@@ -80,6 +83,19 @@ def create_session(
             for r in reminders
         ],
     )
+
+
+def _refuse_unconvertible_instant(text: str) -> None:
+    """An instant so near the ends of the calendar that it has no UTC equivalent (year 1 at
+    +14:00) is refused here; the service's own checks report every other problem."""
+    try:
+        clean_instant(text, ("treated_at",)).astimezone(UTC)
+    except ValidationFailed:
+        return
+    except OverflowError:
+        raise field_errors(
+            [FieldError(("treated_at",), "is out of range")], prefix=("body",)
+        ) from None
 
 
 @router.get("/{id}", response_model=SessionOut, responses=responses(404, 422))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from aftercare.ops.metrics import DatabaseCollector
+from aftercare.ops.db_metrics import DatabaseCollector
 from aftercare.web.deps import RuntimeDep
 
 router = APIRouter(tags=["operations"])

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Instant = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ChannelName = Literal["sms", "email"]
+# Free text staff type: line breaks and tabs, but no other control characters (PostgreSQL
+# refuses NUL, and none belongs in a note).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 def iso(value: datetime) -> str:
@@ -210,7 +213,7 @@ class FlagOut(BaseModel):
 
 
 class ResolveIn(_In):
-    note: str = Field(default="", max_length=2000)
+    note: str = Field(default="", max_length=2000, pattern=NO_CONTROL_CHARACTERS)
 
 
 class FlagResolvedOut(FlagOut):

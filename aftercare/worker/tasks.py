@@ -59,10 +59,9 @@ def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
 @app.task(base=AftercareTask, bind=True, name="aftercare.send")
 def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, int]:
     """Deliver each reminder in the batch; each one is idempotent on its own."""
-    deps = self.deps()
+    results = delivery.deliver_batch(deps=self.deps(), reminder_ids=[int(i) for i in reminder_ids])
     outcomes: dict[str, int] = {}
-    for reminder_id in reminder_ids:
-        outcome = delivery.deliver(deps=deps, reminder_id=int(reminder_id))
+    for outcome in results:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         metrics.SENDS.labels(outcome).inc()
     return outcomes

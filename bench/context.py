@@ -1,0 +1,87 @@
+"""The run's shared state: mode, repetitions, servers, settings and environment for the product."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from aftercare.runtime import Runtime
+from aftercare.settings import Settings
+from aftercare.storage.models import Base
+from bench.infra import SECRET_KEY, PrivateRedis, Processes, ScratchPostgres, base_env
+
+CLINIC = {"clinic_name": "Riverside Vein Clinic", "clinic_phone": "020 7946 0000"}
+
+
+def daytime_zone(now: datetime | None = None) -> str:
+    """A fixed-offset IANA zone where it is about 13:00 now, so that no SMS meets quiet hours
+    (21:00-08:00 local) while the benchmark runs, whatever the hour of the run."""
+    hour = (now or datetime.now(UTC)).astimezone(UTC).hour
+    offset = (13 - hour) % 24
+    if offset > 14:
+        offset -= 24
+    # POSIX sign convention: Etc/GMT-3 is three hours *ahead* of UTC.
+    return "Etc/UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+@dataclass
+class Bench:
+    quick: bool
+    reps: int
+    pg: ScratchPostgres
+    redis: PrivateRedis
+    scratch: Path
+    procs: Processes
+    zone: str
+    raw: dict[str, Any] = field(default_factory=dict)
+    # The run's runtime (PostgreSQL + Redis), set once the schema exists.
+    rt: Runtime = field(init=False)
+
+    def size(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    @property
+    def data_dir(self) -> Path:
+        return self.scratch / "data"
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "database_url": self.pg.url,
+            "broker_url": self.redis.url,
+            "secret_key": SECRET_KEY,
+            "sms_transport": "outbox",
+            "email_transport": "outbox",
+            **CLINIC,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Environment of an ``aftercare`` process on this run's database and broker."""
+        values = {
+            "AFTERCARE_DATA_DIR": str(self.data_dir),
+            "AFTERCARE_DATABASE_URL": self.pg.url,
+            "AFTERCARE_BROKER_URL": self.redis.url,
+            "AFTERCARE_SECRET_KEY": SECRET_KEY,
+            "AFTERCARE_CLINIC_NAME": CLINIC["clinic_name"],
+            "AFTERCARE_CLINIC_PHONE": CLINIC["clinic_phone"],
+            "AFTERCARE_SMS_TRANSPORT": "outbox",
+            "AFTERCARE_EMAIL_TRANSPORT": "outbox",
+        }
+        values.update({f"AFTERCARE_{k.upper()}": v for k, v in overrides.items()})
+        return base_env(values)
+
+    def truncate(self) -> None:
+        """Empty every table of the scratch database (each scenario starts from nothing)."""
+        tables = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
+        with self.rt.db.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+    def vacuum(self, table: str = "reminders") -> None:
+        with self.pg.connect(autocommit=True) as conn:
+            conn.execute(f"VACUUM (ANALYZE) {table}")

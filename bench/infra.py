@@ -1,0 +1,252 @@
+"""What the scenarios run against: a scratch PostgreSQL database, a private Redis database,
+processes started with environment variables, and resident memory read from /proc."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psycopg
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+# The key tests/conftest.py claims a Redis database with: a test run started while the
+# benchmark runs skips the database the benchmark holds, and the other way round.
+REDIS_LOCK = "aftercare:test-run-lock"
+SECRET_KEY = "bench-secret-key-not-for-production-0123456789"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# PostgreSQL ----------------------------------------------------------------------------------
+
+
+class ScratchPostgres:
+    """A database of its own for this run, created on the local server and dropped after."""
+
+    def __init__(self, admin_url: str = PG_ADMIN_URL) -> None:
+        self.admin_url = admin_url
+        self.name = f"aftercare_bench_{os.getpid()}_{secrets.token_hex(3)}"
+        self.url = f"{admin_url.rsplit('/', 1)[0]}/{self.name}"
+
+    def create(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.url, autocommit=autocommit)
+
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
+
+
+# Redis ---------------------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A Redis database number nobody else uses, claimed with a lock key (SET NX)."""
+
+    def __init__(self, base_url: str = REDIS_BASE) -> None:
+        self.base_url = base_url
+        self.number: int | None = None
+        self.token = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
+
+    @property
+    def url(self) -> str:
+        assert self.number is not None, "claim a database first"
+        return f"{self.base_url}/{self.number}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def claim(self) -> int:
+        # From the top down: test runs claim from 1 upwards, so the two rarely meet.
+        for number in range(15, 0, -1):
+            client = redis.Redis.from_url(f"{self.base_url}/{number}")
+            if client.dbsize() == 0 and client.set(REDIS_LOCK, self.token, nx=True, ex=7200):
+                self.number = number
+                return number
+        raise RuntimeError("no free Redis database number (1-15) for the benchmark")
+
+    def flush(self) -> None:
+        """Empty the database, keeping the claim."""
+        client = self.client()
+        client.flushdb()
+        client.set(REDIS_LOCK, self.token, ex=7200)
+
+    def release(self) -> None:
+        if self.number is not None:
+            self.client().flushdb()
+            self.number = None
+
+
+# Processes -----------------------------------------------------------------------------------
+
+
+def base_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a child process: ours without any AFTERCARE_* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERCARE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Processes:
+    """Child processes this run started; each in its own session so its pool dies with it."""
+
+    logs: Path
+    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _files: dict[int, IO[bytes]] = field(default_factory=dict)
+
+    def start(
+        self, name: str, argv: list[str], *, env: Mapping[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv, env=dict(env), cwd=cwd, stdout=out, stderr=out, start_new_session=True
+        )
+        self.running.append(proc)
+        self._files[proc.pid] = out
+        return proc
+
+    def aftercare(
+        self, name: str, *args: str, env: Mapping[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
+        """The project's own CLI (``aftercare worker``, ``beat``, ``import``...)."""
+        return self.start(
+            name, [sys.executable, "-m", "aftercare.cli.main", *args], env=env, cwd=cwd
+        )
+
+    def stop(self, proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
+        """SIGTERM (a Celery warm shutdown), then SIGKILL to the process group after ``grace``."""
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        # Whatever of its group is left (pool children of a worker that was killed).
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait(timeout=10)
+        if proc in self.running:
+            self.running.remove(proc)
+        out = self._files.pop(proc.pid, None)
+        if out is not None:
+            out.close()
+
+    def stop_all(self) -> None:
+        for proc in list(self.running):
+            self.stop(proc, grace=5.0)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found += [int(c) for c in text.split()]
+    return found
+
+
+def rss(pid: int) -> int:
+    """Resident set size of one process, in bytes (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/statm").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[1]) * PAGE
+
+
+def tree_rss(pid: int) -> int:
+    """Resident set size of a process and all its descendants (a Celery worker and its pool)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss(current)
+        todo += _children(current)
+    return total
+
+
+class RssSampler:
+    """Samples the tree RSS of some processes in a background thread; keeps each one's peak."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.2) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.peak: dict[str, int] = dict.fromkeys(self.pids, 0)
+        self.last: dict[str, int] = dict.fromkeys(self.pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                value = tree_rss(pid)
+                self.last[name] = value
+                self.peak[name] = max(self.peak[name], value)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@contextmanager
+def cleanup_on_exit(procs: Processes) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        procs.stop_all()

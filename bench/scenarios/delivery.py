@@ -1,0 +1,151 @@
+"""Scenario 3, delivery: reminders delivered end to end per second by one worker process
+(``aftercare worker``, prefork, concurrency 2) to the fake providers, SMS and email mixed as the
+regimen mixes them (37 SMS and 9 emails a session, the first email with its .ics).
+
+Timing starts when the due reminders are claimed (``dispatch_due`` in this process) and ends at
+the last provider receipt, with every reminder ``sent``. Baseline, same run: a bare Celery
+worker (``bench.noop_app``, prefork, concurrency 2) draining pre-published no-op tasks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench import noop_app
+from bench.context import Bench
+from bench.data import clone_sessions, make_due, template_session
+from bench.fakes import SmtpSink, Twilio
+from bench.infra import log, wait_until
+from bench.pipeline import (
+    count_states,
+    dispatch_now,
+    provider_env,
+    start_worker,
+    wait_delivered,
+    warm_up,
+)
+from bench.results import Row, summary
+
+NAME = "delivery"
+
+
+def aftercare_rate(
+    bench: Bench, twilio: Twilio, sink: SmtpSink, sessions: list[int], *, timeout: float
+) -> tuple[float, dict[str, Any]]:
+    ids = make_due(bench, sessions, due=datetime.now(UTC) - timedelta(seconds=1))
+    twilio.reset()
+    sink.reset()
+    started = time.time()
+    dispatch_now(bench)
+    finished = wait_delivered(bench, ids, timeout=timeout)
+    receipts = twilio.accepted() + sink.accepted()
+    last = max(receipts) if receipts else time.time()
+    states = count_states(bench, ids)
+    sent = states.get("sent", 0)
+    detail = {
+        "reminders": len(ids),
+        "states": states,
+        "finished": finished,
+        "sms_received": len(twilio.accepted()),
+        "email_received": len(sink.accepted()),
+        "duplicates": len(receipts) - sent,
+        "seconds": last - started,
+    }
+    return sent / (last - started), detail
+
+
+def noop_drain_rate(bench: Bench, tasks: int, *, timeout: float) -> float:
+    """Publish ``tasks`` no-op tasks, then start a bare worker and time it from its first
+    message to an empty queue (nothing reserved or unacknowledged)."""
+    noop_app.configure(bench.redis.url)
+    client = bench.redis.client()
+    for i in range(tasks):
+        noop_app.noop.apply_async(args=[i])
+    env = bench.env()
+    env["BENCH_BROKER_URL"] = bench.redis.url
+    worker = bench.procs.start(
+        "noop-worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.noop_app",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=2",
+            "--loglevel=WARNING",
+            f"--queues={noop_app.QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=env,
+        cwd=bench.scratch,
+    )
+    try:
+        if not wait_until(lambda: client.llen(noop_app.QUEUE) < tasks, timeout=60, interval=0.005):
+            raise RuntimeError("the no-op worker took nothing from the queue in 60 s")
+        first = time.monotonic()
+        drained = wait_until(
+            lambda: client.llen(noop_app.QUEUE) == 0 and client.hlen("unacked") == 0,
+            timeout=timeout,
+            interval=0.01,
+        )
+        elapsed = time.monotonic() - first
+        left = client.llen(noop_app.QUEUE)
+        if not drained:
+            log(f"no-op drain: {left} tasks left after {timeout:.0f} s")
+        return (tasks - left) / elapsed
+    finally:
+        bench.procs.stop(worker)
+        client.delete(noop_app.QUEUE)
+
+
+def run(bench: Bench) -> list[Row]:
+    bench.truncate()
+    bench.redis.flush()
+    per_rep = bench.size(100, 12)  # sessions, 46 reminders each
+    timeout = bench.size(120.0, 40.0)
+    template = template_session(bench.rt, zone=bench.zone)
+    sessions = clone_sessions(bench, template, 1 + per_rep * bench.reps)
+    rates: list[float] = []
+    details: list[dict[str, Any]] = []
+    with Twilio() as twilio, SmtpSink() as sink:
+        env = provider_env(bench, twilio, sink, mps=1_000_000)
+        worker = start_worker(bench, "delivery-worker", env)
+        try:
+            warm = make_due(bench, sessions[:1], due=datetime.now(UTC) - timedelta(seconds=1))
+            warm_up(bench, warm)
+            for rep in range(bench.reps):
+                chunk = sessions[1 + rep * per_rep : 1 + (rep + 1) * per_rep]
+                log(f"delivery {rep + 1}/{bench.reps}: {len(chunk) * 46:,} reminders")
+                rate, detail = aftercare_rate(bench, twilio, sink, chunk, timeout=timeout)
+                rates.append(rate)
+                details.append(detail)
+        finally:
+            bench.procs.stop(worker)
+    tasks = bench.size(8_000, 1_500)
+    noop: list[float] = []
+    for rep in range(bench.reps):
+        log(f"delivery {rep + 1}/{bench.reps}: bare worker draining {tasks:,} no-op tasks")
+        noop.append(noop_drain_rate(bench, tasks, timeout=timeout))
+    bench.truncate()
+    bench.redis.flush()
+    bench.raw[NAME] = {"aftercare": rates, "runs": details, "noop": noop, "noop_tasks": tasks}
+    row = Row(
+        NAME,
+        "aftercare worker (prefork ×2), SMS + email to fakes",
+        "reminders/s",
+        summary(rates),
+        "bare Celery worker (prefork ×2) draining no-op tasks",
+        summary(noop),
+        target="≥ 1.5×",
+        note=f"duplicates {sum(d['duplicates'] for d in details)}",
+    )
+    if row.ratio is not None:
+        row.met = row.ratio >= 1.5
+    return [row]
