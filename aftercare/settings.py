@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # to move time forward for every process at once).
     clock: str = "system"
     dispatch_interval: float = Field(default=2.0, gt=0)
+    # How often stuck work is recovered (lost broker messages, sends left mid-way).
+    recover_interval: float = Field(default=60.0, gt=0)
+    # Reminders queued or sending longer than this are considered stuck.
+    stale_after: float = Field(default=300.0, gt=0)
     dispatch_batch: int = Field(default=500, ge=1, le=10_000)
     send_batch: int = Field(default=20, ge=1, le=500)
     worker_concurrency: int = Field(default=2, ge=1)

@@ -72,7 +72,7 @@ def count_states(bench: Bench, ids: Sequence[int]) -> dict[str, int]:
         rows = conn.execute(
             "SELECT state, count(*) FROM reminders WHERE id = ANY(%s) GROUP BY state", (list(ids),)
         ).fetchall()
-    return {state: n for state, n in rows}
+    return dict(rows)  # type: ignore[arg-type]
 
 
 def pending(bench: Bench, ids: Sequence[int]) -> int:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aftercare.runtime import Runtime
 
@@ -24,7 +24,11 @@ class Child:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603 - our own argv
+        self.process = subprocess.Popen(  # noqa: S603 - our own argv
+            self.argv,
+            env=self.env,
+            preexec_fn=_DIE_WITH_PARENT,  # noqa: PLW1509 - one prctl call, see _pdeathsig
+        )
 
     def watch(self) -> None:
         while not self._stopping.wait(1.0):
@@ -43,6 +47,31 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """Linux: a pre-exec hook giving the child SIGTERM if this process dies, however it dies.
+
+    libc is resolved here, in the parent: the hook itself only makes one system call, the only
+    kind of work that is safe between fork and exec in a process that has threads.
+    """
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the normal shutdown path still stops the children
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+_DIE_WITH_PARENT = _pdeathsig()
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    # uvicorn restores this handler and re-raises SIGTERM after its own shutdown; turning it
+    # into SystemExit lets run_all's finally stop the worker and beat.
+    raise SystemExit(0)
 
 
 def children(rt: Runtime) -> list[Child]:
@@ -91,6 +120,7 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     print(f"Aftercare is running at http://{host}:{port} ({where}; data in {rt.settings.data_dir})")
     try:
         configure_logging(rt.settings.log_level)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(create_app(), host=host, port=port, log_config=None)
     finally:
         for child in procs:

@@ -28,6 +28,7 @@ from aftercare.channels.base import (
     TransportError,
 )
 from aftercare.clock import Clock
+from aftercare.faults import crash_point
 from aftercare.flags.service import raise_flag
 from aftercare.messages.render import MessageRenderer, TemplateError
 from aftercare.ops import metrics
@@ -169,6 +170,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     sent: list[tuple[_Prepared, SendResult]] = []
     for item in prepared:
         transport = deps.transports[item.channel]
+        crash_point("before_send")
         try:
             result = transport.send(item.message)
         except TransportError as exc:
@@ -191,7 +193,9 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
             max((deps.clock.now() - item.due_at).total_seconds(), 0.0)
         )
         sent.append((item, result))
+        crash_point("after_send")
     _record_sent_many(deps, sent)
+    crash_point("after_record")
     for item, _ in sent:
         outcomes[item.reminder_id] = states.SENT
     return [outcomes[i] for i in reminder_ids]

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aftercare.clock import Clock
+from aftercare.faults import crash_point
 from aftercare.reminders import states
 from aftercare.storage.db import Database
 from aftercare.storage.models import Reminder
@@ -76,6 +77,7 @@ def dispatch_due(
         now = clock.now()
         with db.session() as db_session:
             ids = claim_due(db_session, now=now, limit=batch_size)
+        crash_point("dispatch_after_claim")
         summary.claimed += len(ids)
         if observe_batch is not None:
             observe_batch(len(ids))

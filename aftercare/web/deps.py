@@ -25,4 +25,6 @@ def db_session(rt: RuntimeDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(db_session)]
+# scope="function": commit before the response is sent, so a 2xx is never answered for a write
+# that then fails to commit.
+SessionDep = Annotated[Session, Depends(db_session, scope="function")]

@@ -40,8 +40,8 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             },
             "recover-stuck-reminders": {
                 "task": "aftercare.recover",
-                "schedule": 60.0,
-                "options": {"expires": 120.0},
+                "schedule": settings.recover_interval,
+                "options": {"expires": max(settings.recover_interval * 2, 10.0)},
             },
         },
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),

@@ -16,8 +16,6 @@ from aftercare.worker.app import app
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER = timedelta(minutes=5)
-
 
 class AftercareTask(Task):  # type: ignore[misc]
     """Shared plumbing: the runtime (database, clock, transports) and delivery dependencies."""
@@ -71,10 +69,11 @@ def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, in
 def recover(self: AftercareTask) -> dict[str, Any]:
     """Requeue reminders whose broker message was lost; reconcile ones left mid-send."""
     rt = self.runtime
-    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=STALE_AFTER)
+    stale_after = timedelta(seconds=rt.settings.stale_after)
+    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=stale_after)
     deps = self.deps()
     reconciled: dict[str, int] = {}
-    for reminder_id in dispatch.stale_sending(db=rt.db, clock=rt.clock, stale_after=STALE_AFTER):
+    for reminder_id in dispatch.stale_sending(db=rt.db, clock=rt.clock, stale_after=stale_after):
         outcome = delivery.reconcile(deps=deps, reminder_id=reminder_id)
         reconciled[outcome] = reconciled.get(outcome, 0) + 1
     summary = {"requeued": requeued, "reconciled": reconciled}

@@ -1,0 +1,452 @@
+"""The fault suite's tools: real processes to start and kill, a private Redis to lose, a driver
+that moves the shared file clock, and readers of what each provider received.
+
+Everything that waits is bounded (a deadline per wait, a maximum number of clock moves), so a
+stuck pipeline fails the test instead of hanging CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import func, select, update
+
+from aftercare.reminders import states
+from aftercare.runtime import set_runtime
+from aftercare.storage.models import DeliveryAttempt, Reminder
+from tests.factories import enrol
+from tests.stacks import TREATED, Stack
+
+IN_FLIGHT = (states.SCHEDULED, states.QUEUED, states.SENDING)
+# How long queued/sending work must sit before recovery takes it (AFTERCARE_STALE_AFTER).
+STALE_AFTER = timedelta(seconds=300)
+# One clock move that makes every stuck reminder stale.
+PAST_STALE = STALE_AFTER + timedelta(seconds=5)
+
+# Settings for every process of a fault scenario: a fast dispatcher, recovery every second of
+# real time, and stuck work recognised after five minutes of *simulated* time.
+FAULT_ENV = {
+    "AFTERCARE_RECOVER_INTERVAL": "1",
+    "AFTERCARE_STALE_AFTER": str(int(STALE_AFTER.total_seconds())),
+    "AFTERCARE_SEND_BATCH": "3",
+    "AFTERCARE_SMS_MPS": "1000",
+}
+
+SIGKILLED_CHILD = re.compile(r"exited with 'signal 9 \(SIGKILL\)'")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout: float, interval: float = 0.1, what: str
+) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# Processes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """Real ``aftercare`` processes, each the leader of its own process group, so that a
+    prefork worker and its children can be SIGKILLed together, as a power cut would."""
+
+    stack: Stack
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _graveyard: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def log(self, name: str) -> Path:
+        return self.stack.logs / f"{name}.log"
+
+    def _popen(
+        self, args: Sequence[str], *, name: str, env: dict[str, str] | None
+    ) -> subprocess.Popen[bytes]:
+        self.stack.logs.mkdir(exist_ok=True)
+        with self.log(name).open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "aftercare.cli.main", *args],
+                env={**self.stack.env, **(env or {})},
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    def start(
+        self, *args: str, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        assert name not in self.procs or self.procs[name].poll() is not None, name
+        proc = self._popen(args, name=name, env=env)
+        self.procs[name] = proc
+        return proc
+
+    def worker(
+        self, name: str = "worker", *, env: dict[str, str] | None = None, concurrency: int = 2
+    ) -> subprocess.Popen[bytes]:
+        """A prefork worker; returns once it is consuming."""
+        before = self.log(name).read_text() if self.log(name).exists() else ""
+        proc = self.start(
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}-{len(self._graveyard)}@%h",
+            name=name,
+            env=env,
+        )
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}"
+            return self.log(name).read_text().count(" ready.") > before.count(" ready.")
+
+        wait_for(ready, timeout=60, what=f"{name} to be ready")
+        return proc
+
+    def beat(self, name: str = "beat", *, env: dict[str, str] | None = None) -> None:
+        self.start("beat", name=name, env=env)
+
+    def dispatch(
+        self, *, name: str = "dispatch", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """One ``aftercare dispatch`` run, started (not waited for)."""
+        return self._popen(["dispatch"], name=name, env=env)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process and every child it has (its whole process group)."""
+        proc = self.procs.pop(name)
+        _killpg(proc, signal.SIGKILL)
+        proc.wait(timeout=10)
+        self._graveyard.append(proc)
+
+    def child_kills(self, name: str) -> int:
+        """How many pool children of worker ``name`` died of SIGKILL (crash points)."""
+        if not self.log(name).exists():
+            return 0
+        return len(SIGKILLED_CHILD.findall(self.log(name).read_text(errors="replace")))
+
+    def stop_all(self) -> None:
+        procs = list(self.procs.values())
+        for proc in procs:
+            _killpg(proc, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _killpg(proc, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Pool children of SIGKILLed workers exit on their own; make sure of it.
+        for proc in [*procs, *self._graveyard]:
+            _killpg(proc, signal.SIGKILL)
+        self.procs.clear()
+
+
+def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class PrivateRedis:
+    """A throwaway redis-server on a free loopback port, with no persistence: killing it loses
+    every queued message, as a crashed Redis without AOF would."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "redis.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.folder),
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(up, timeout=10, what="the private redis-server")
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+        self.kills += 1
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
+
+
+# Data ----------------------------------------------------------------------------------------
+
+
+def phone(index: int) -> str:
+    return f"07911 {200000 + index}"
+
+
+def enrol_many(stack: Stack, count: int, *, start: int = 0, **overrides: Any) -> list[int]:
+    """Enrol ``count`` patients (distinct numbers and addresses) at the stack's current time."""
+    set_runtime(stack.rt)
+    try:
+        return [
+            enrol(
+                stack.rt,
+                now=stack.clock.now(),
+                treated_at=TREATED.isoformat(),
+                name="Morgan Ellis",
+                phone=phone(i),
+                email=f"patient{i}@example.org",
+                **overrides,
+            )
+            for i in range(start, start + count)
+        ]
+    finally:
+        set_runtime(None)
+
+
+def make_burst(stack: Stack, *, steps: Collection[str] | None = None) -> list[int]:
+    """Everything scheduled (or only ``steps``) falls due now and never expires; the rest is
+    skipped. Returns the reminders of the burst. A burst puts the whole regimen through the send
+    path at once, so a run hits many crash points in a few seconds."""
+    now = stack.clock.now()
+    with stack.rt.db.session() as s:
+        if steps is not None:
+            s.execute(
+                update(Reminder)
+                .where(Reminder.state == states.SCHEDULED, Reminder.step.not_in(list(steps)))
+                .values(state=states.SKIPPED, reason="not in this scenario")
+            )
+        return list(
+            s.scalars(
+                update(Reminder)
+                .where(Reminder.state == states.SCHEDULED)
+                .values(due_at=now, expires_at=None)
+                .returning(Reminder.id)
+            )
+        )
+
+
+def state_counts(stack: Stack) -> dict[str, int]:
+    with stack.rt.db.session() as s:
+        return {
+            state: count
+            for state, count in s.execute(
+                select(Reminder.state, func.count()).group_by(Reminder.state)
+            )
+        }
+
+
+def states_of(stack: Stack, ids: Iterable[int]) -> dict[int, str]:
+    with stack.rt.db.session() as s:
+        return dict(
+            s.execute(select(Reminder.id, Reminder.state).where(Reminder.id.in_(list(ids))))  # type: ignore[arg-type]
+        )
+
+
+def reminders(stack: Stack, ids: Iterable[int] | None = None) -> list[Reminder]:
+    with stack.rt.db.session() as s:
+        query = select(Reminder).order_by(Reminder.id)
+        if ids is not None:
+            query = query.where(Reminder.id.in_(list(ids)))
+        return list(s.scalars(query))
+
+
+def attempts(stack: Stack) -> list[DeliveryAttempt]:
+    with stack.rt.db.session() as s:
+        return list(s.scalars(select(DeliveryAttempt).order_by(DeliveryAttempt.id)))
+
+
+# Driving the clock ---------------------------------------------------------------------------
+
+
+def _due_in_flight(stack: Stack) -> int:
+    now = stack.clock.now()
+    with stack.rt.db.session() as s:
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(Reminder)
+                .where(
+                    (Reminder.state.in_((states.QUEUED, states.SENDING)))
+                    | ((Reminder.state == states.SCHEDULED) & (Reminder.due_at <= now))
+                )
+            )
+            or 0
+        )
+
+
+def _progress(stack: Stack) -> tuple[object, ...]:
+    with stack.rt.db.session() as s:
+        attempts_made = s.scalar(select(func.count()).select_from(DeliveryAttempt))
+        by_state = tuple(
+            sorted(
+                s.execute(select(Reminder.state, func.count()).group_by(Reminder.state)).all()
+            )
+        )
+    return (attempts_made, by_state)
+
+
+def settle(stack: Stack, *, idle: float = 1.5, timeout: float = 45.0) -> bool:
+    """Wait until nothing due is left in flight (True), or nothing has moved for ``idle``
+    seconds (False: what is left is stuck and waits for recovery)."""
+    deadline = time.monotonic() + timeout
+    last, since = _progress(stack), time.monotonic()
+    while True:
+        if _due_in_flight(stack) == 0:
+            return True
+        time.sleep(0.1)
+        now = _progress(stack)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= idle:
+            return False
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the pipeline kept moving for {timeout:.0f}s without settling")
+
+
+def drive(
+    stack: Stack,
+    *,
+    step: timedelta = PAST_STALE,
+    max_moves: int = 15,
+    idle: float = 1.5,
+    between: Callable[[int], None] | None = None,
+) -> int:
+    """Move the shared clock ``step`` at a time until no reminder is in flight.
+
+    Each move happens only once the pipeline has settled, so recovery (which acts on work older
+    than AFTERCARE_STALE_AFTER) only ever sees work that is really stuck. Returns the number of
+    moves made.
+    """
+    for moves in range(max_moves + 1):
+        settle(stack, idle=idle)
+        counts = state_counts(stack)
+        if not any(counts.get(s, 0) for s in IN_FLIGHT):
+            return moves
+        if between is not None:
+            between(moves)
+        stack.clock.set(stack.clock.now() + step)
+    left = {s: n for s, n in state_counts(stack).items() if s in IN_FLIGHT}
+    raise AssertionError(f"still in flight after {max_moves} clock moves: {left}")
+
+
+# What the providers received -----------------------------------------------------------------
+
+
+def outbox_sends(stack: Stack) -> list[int | None]:
+    """One entry per outbox send call (duplicates included), as reminder ids."""
+    keys: list[str] = []
+    for channel in ("sms", "email"):
+        path = stack.data_dir / "outbox" / channel / "sent.log"
+        if path.exists():
+            keys += path.read_text().split()
+    return [_reminder_id(k) for k in keys]
+
+
+def _reminder_id(key: str | None) -> int | None:
+    if key and key.startswith("reminder-") and key[9:].isdigit():
+        return int(key[9:])
+    return None
+
+
+def smtp_sends(messages: Iterable[bytes]) -> list[int | None]:
+    return [_reminder_id(message_from_bytes(data)["X-Aftercare-Key"]) for data in messages]
+
+
+def twilio_sends(stack: Stack, stored: Iterable[tuple[str, str, str]]) -> list[int | None]:
+    """Reminder ids of the messages the fake Twilio stored, given as (sid, to, body).
+
+    A message is matched to its reminder through the provider id delivery recorded; a second
+    message with the same recipient and text is the same reminder sent again.
+    """
+    stored = list(stored)
+    by_sid = {sid: (to, body) for sid, to, body in stored}
+    owner: dict[tuple[str, str], int] = {}
+    with stack.rt.db.session() as s:
+        for reminder_id, provider_id in s.execute(
+            select(DeliveryAttempt.reminder_id, DeliveryAttempt.provider_id).where(
+                DeliveryAttempt.provider_id.is_not(None)
+            )
+        ):
+            if provider_id in by_sid:
+                owner.setdefault(by_sid[provider_id], reminder_id)
+    return [owner.get((to, body)) for _sid, to, body in stored]
+
+
+def broker_send_ids(client: redis.Redis, queue: str = "aftercare.send") -> list[list[int]]:
+    """The reminder ids of every send task waiting in a Redis queue."""
+    import base64
+
+    chunks = []
+    for item in client.lrange(queue, 0, -1):
+        envelope = json.loads(item)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        chunks.append([int(i) for i in args[0]])
+    return chunks
+
+
+def counter(values: Iterable[int | None]) -> Counter[int | None]:
+    return Counter(values)
+
+
+def sim_time(stack: Stack) -> datetime:
+    return stack.clock.now()
+
+
+def wait_sent(stack: Stack, at_least: int, *, timeout: float = 30.0) -> None:
+    wait_for(
+        lambda: len(outbox_sends(stack)) >= at_least,
+        timeout=timeout,
+        interval=0.02,
+        what=f"{at_least} sends",
+    )
+
+
+def all_ids(chunks: Iterable[Iterable[int]]) -> Iterator[int]:
+    for chunk in chunks:
+        yield from chunk
