@@ -15,6 +15,9 @@ import signal
 POINTS = frozenset({"before_send", "after_send", "after_record", "dispatch_after_claim"})
 # Not security: only spreads the crashes over the run.
 _rng = random.Random()  # noqa: S311
+# Celery's prefork children are forked from one parent: without a fresh seed each child would
+# draw the same numbers and crash at the same instruction as the child it replaced, forever.
+os.register_at_fork(after_in_child=_rng.seed)
 
 
 def _armed() -> dict[str, float]:

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     # Port for the worker's own Prometheus metrics (0: off).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
+    # Celery task events (task-sent/-received/-succeeded...) for monitoring tools such as Flower;
+    # they carry task names, ids and argument reprs, which are ids only.
+    task_events: bool = False
+    # Days after a patient's regimen ended (the due time of the last reminder of their last
+    # session) before the daily retention task anonymises them. Two years: this service holds
+    # contact details and reminder logs, not the clinical record; see docs/retention.md.
+    retention_days: int = Field(default=730, ge=1, le=36_500)
 
     @model_validator(mode="before")
     @classmethod

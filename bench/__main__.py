@@ -20,7 +20,7 @@ from typing import Any
 from aftercare.runtime import Runtime, set_runtime
 from aftercare.storage.migrate import upgrade
 from bench.context import Bench, daytime_zone
-from bench.infra import REPO, PrivateRedis, Processes, ScratchPostgres, log
+from bench.infra import REPO, MachineLoad, PrivateRedis, Processes, ScratchPostgres, log
 from bench.results import Row, markdown, write_json
 
 SCENARIOS = ("enrolment", "dispatch", "delivery", "burst", "memory")
@@ -73,15 +73,17 @@ def _versions(bench: Bench) -> dict[str, str]:
     return out
 
 
-def _run_scenarios(bench: Bench, chosen: list[str]) -> tuple[list[Row], dict[str, float]]:
+def _run_scenarios(bench: Bench, chosen: list[str]) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
-    seconds: dict[str, float] = {}
+    seconds: dict[str, Any] = {}
     for name in chosen:
         module: Any = importlib.import_module(f"bench.scenarios.{name}")
         started = time.monotonic()
         log(f"scenario {name}: start")
+        load = MachineLoad()
         try:
-            rows += module.run(bench)
+            with load:
+                rows += module.run(bench)
         except Exception as exc:
             # A broken scenario is reported in the table; the others still run.
             traceback.print_exc()
@@ -89,8 +91,8 @@ def _run_scenarios(bench: Bench, chosen: list[str]) -> tuple[list[Row], dict[str
             bench.raw.setdefault("errors", {})[name] = traceback.format_exc()
         finally:
             bench.procs.stop_all()
-        seconds[name] = round(time.monotonic() - started, 1)
-        log(f"scenario {name}: {seconds[name]} s")
+        seconds[name] = {"seconds": round(time.monotonic() - started, 1), **load.as_dict()}
+        log(f"scenario {name}: {seconds[name]}")
     return rows, seconds
 
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "quick" if args.quick else "full",
             "repetitions": bench.reps,
             "scenarios": args.chosen,
-            "scenario_seconds": seconds,
+            "per_scenario": seconds,  # duration, and how busy the machine was
             "total_seconds": round(time.monotonic() - started, 1),
             "machine": {
                 "cpus": os.cpu_count(),
@@ -151,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     write_json(args.json, meta=meta, rows=rows, raw=bench.raw)
     print(markdown(rows))
+    for name, info in meta["per_scenario"].items():
+        print(
+            f"- {name}: {info['seconds']} s; machine CPU busy {info['machine_cpu_busy']:.0%}, "
+            f"of which this run's processes {info['own_processes_cpu']:.0%} "
+            f"(+ PostgreSQL/Redis); load average {info['loadavg_before']} -> "
+            f"{info['loadavg_after']}"
+        )
     print(
         f"\n{meta['mode']} run, {bench.reps} repetition(s), {meta['total_seconds']} s; "
         f"JSON: {args.json}"

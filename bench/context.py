@@ -117,6 +117,6 @@ class Bench:
         with self.rt.db.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
-    def vacuum(self, table: str = "reminders") -> None:
+    def vacuum(self, what: str = "(ANALYZE) reminders") -> None:
         with self.pg.connect(autocommit=True) as conn:
-            conn.execute(f"VACUUM (ANALYZE) {table}")
+            conn.execute(f"VACUUM {what}")

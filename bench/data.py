@@ -142,6 +142,15 @@ def make_due(
     return ids
 
 
+def set_due(bench: Bench, ids: Sequence[int], *, due: datetime) -> None:
+    with bench.pg.connect() as conn:
+        conn.execute(
+            "UPDATE reminders SET due_at = %s WHERE id = ANY(%s)",
+            (due.astimezone(UTC).replace(tzinfo=None), list(ids)),
+        )
+        conn.commit()
+
+
 def synthetic_reminders(
     bench: Bench, session_id: int, count: int, *, step: str, due_from: str, spread: str
 ) -> None:

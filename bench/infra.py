@@ -250,3 +250,44 @@ def cleanup_on_exit(procs: Processes) -> Iterator[None]:
         yield
     finally:
         procs.stop_all()
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+class MachineLoad:
+    """How busy the machine was while a scenario ran, and how much of that was this run's own
+    processes (this one and the children it has reaped; the database and Redis servers'
+    work on its behalf counts as the machine's)."""
+
+    def __enter__(self) -> MachineLoad:
+        self._ticks = _cpu_ticks()
+        self._own = self._own_seconds()
+        self._wall = time.monotonic()
+        self.load_before = os.getloadavg()[0]
+        return self
+
+    @staticmethod
+    def _own_seconds() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = _cpu_ticks()
+        wall = time.monotonic() - self._wall
+        cpus = os.cpu_count() or 1
+        self.machine_busy = (busy - self._ticks[0]) / max(total - self._ticks[1], 1)
+        self.own_busy = (self._own_seconds() - self._own) / max(wall * cpus, 1e-9)
+        self.load_after = os.getloadavg()[0]
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "machine_cpu_busy": round(self.machine_busy, 3),
+            "own_processes_cpu": round(self.own_busy, 3),
+            "loadavg_before": round(self.load_before, 2),
+            "loadavg_after": round(self.load_after, 2),
+        }

@@ -13,10 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 
 from aftercare.messages.gsm import non_gsm_characters, sms_encoding, to_gsm7
 
@@ -25,6 +27,35 @@ from aftercare.messages.gsm import non_gsm_characters, sms_encoding, to_gsm7
 _RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _EXTRA_BLANK_LINES = re.compile(r"\n{3,}")
+# ``2 ** n`` with more bits than this is refused (a reminder needs no such number).
+_MAX_POWER_BITS = 4096
+
+
+class _MessageSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, which already caps ``range()`` at MAX_RANGE items, plus the
+    same cap on the two operators that build something huge from a few characters of template:
+    ``'x' * 10**9`` (a gigabyte) and ``2 ** 10**9`` (a number that never finishes)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for items, times in ((left, right), (right, left)):
+                if (
+                    isinstance(items, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(items) * times > MAX_RANGE
+                ):
+                    raise SecurityError(f"a repetition longer than {MAX_RANGE} is not allowed")
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * left.bit_length() > _MAX_POWER_BITS
+        ):
+            raise SecurityError("the result of ** would be too large")
+        return super().call_binop(context, operator, left, right)
 
 
 class TemplateError(ValueError):
@@ -62,13 +93,15 @@ class MessageRenderer:
         # the working directory.
         self._root = os.path.abspath(templates_dir)
         # Building the environment touches no file: templates are read on first use.
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = _MessageSandbox(
             loader=jinja2.FileSystemLoader(self._root),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(["html"], default_for_string=False),
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        # Placeholder text has no place in a patient's message, and lipsum(10**6) is megabytes.
+        del self._env.globals["lipsum"]
 
     def render_sms(self, template: str, context: Mapping[str, object]) -> RenderedSms:
         """The SMS body for ``template``; refused unless it is GSM-7 within the segment limit.

@@ -6,6 +6,7 @@ A bad file is refused with its file name, line, key path and the reason.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
@@ -31,6 +32,11 @@ from aftercare.regimens.model import (
 _ID = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 _TIME = re.compile(r"^(\d{2}):(\d{2})$")
 _DURATION = re.compile(r"^(\d+)\s*([mhd])$")
+# Bounds that keep planning inside the calendar: a regimen lasts months, not centuries, and an
+# absurd number in a file is a typo to report, not an OverflowError in the planner.
+MAX_DAYS = 366
+MAX_DURATION = timedelta(days=MAX_DAYS)
+MAX_VERSION = 2**31 - 1  # stored in an INTEGER column with each session
 
 
 class RegimenError(ValueError):
@@ -94,7 +100,10 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise RegimenError(file, "", f"not valid YAML ({exc})", line) from exc
+    except RecursionError:
+        raise RegimenError(file, "", "not valid YAML (nested too deeply)") from None
     ctx = _Ctx(file, root)
+    _refuse_duplicate_keys(ctx, root, [], set())
     if not isinstance(data, dict):
         raise ctx.fail([], "must be a mapping with id, name, version, parameters and steps")
     _only(ctx, [], data, {"id", "name", "version", "parameters", "steps", "descriptions"})
@@ -103,6 +112,8 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ctx.fail(["version"], "must be a positive whole number")
+    if version > MAX_VERSION:
+        raise ctx.fail(["version"], f"must be at most {MAX_VERSION}")
     parameters = _parameters(ctx, data.get("parameters") or {})
     steps = _steps(ctx, data.get("steps"), parameters)
     descriptions = data.get("descriptions") or {}
@@ -119,6 +130,29 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         source=file,
         descriptions=cast(dict[str, str], descriptions),
     )
+
+
+def _refuse_duplicate_keys(
+    ctx: _Ctx, node: yaml.Node | None, path: list[str | int], seen: set[int]
+) -> None:
+    """YAML keeps the last of two equal keys without a word: ``version: 1`` then ``version: 2``
+    is a mistake to report, not a choice to make silently."""
+    if node is None or id(node) in seen:  # an alias to a node already checked (or recursive)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[object] = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and name in keys:
+                raise RegimenError(
+                    ctx.file, _format_path([*path, name]), "duplicate key", key.start_mark.line + 1
+                )
+            keys.add(name)
+            _refuse_duplicate_keys(ctx, value, [*path, str(name)], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(ctx, item, [*path, index], seen)
 
 
 def _only(ctx: _Ctx, path: list[str | int], data: dict[str, Any], allowed: set[str]) -> None:
@@ -138,6 +172,8 @@ def _ident(ctx: _Ctx, path: list[str | int], value: Any) -> str:
 def _text(ctx: _Ctx, path: list[str | int], value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ctx.fail(path, "must be non-empty text")
+    if any(unicodedata.category(ch) in {"Cc", "Cf"} and ch != "\n" for ch in value):
+        raise ctx.fail(path, "contains control or invisible characters")
     return value.strip()
 
 
@@ -153,6 +189,8 @@ def _duration(ctx: _Ctx, path: list[str | int], value: Any) -> timedelta:
     if not match:
         raise ctx.fail(path, "must be a duration such as '30m', '72h' or '3d'")
     amount, unit = int(match.group(1)), match.group(2)
+    if amount > {"m": 24 * 60, "h": 24, "d": 1}[unit] * MAX_DAYS:
+        raise ctx.fail(path, f"must be at most {MAX_DAYS} days")
     return {"m": timedelta(minutes=amount), "h": timedelta(hours=amount)}.get(
         unit, timedelta(days=amount)
     )
@@ -216,6 +254,8 @@ def _intref(
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise ctx.fail(path, "must not be negative")
+        if value > MAX_DAYS:
+            raise ctx.fail(path, f"must be at most {MAX_DAYS}")
         return IntRef(constant=value)
     if isinstance(value, dict):
         _only(ctx, path, value, {"param", "times", "plus"})
@@ -223,9 +263,20 @@ def _intref(
         if param not in parameters or parameters[param].kind != "int":
             raise ctx.fail([*path, "param"], "must name an int parameter of this regimen")
         times, plus = value.get("times", 1), value.get("plus", 0)
-        if not isinstance(times, int) or not isinstance(plus, int) or times < 1:
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in (times, plus)) or times < 1:
             raise ctx.fail(path, "times must be a positive whole number and plus a whole number")
-        return IntRef(param=param, times=times, plus=plus)
+        ref = IntRef(param=param, times=times, plus=plus)
+        # Linear in the parameter, so its smallest and largest values bound the result.
+        declared = parameters[param]
+        bounds = [
+            int(v) for v in (*declared.choices, declared.minimum, declared.maximum) if v is not None
+        ]
+        lowest, highest = (ref.resolve({param: bound}) for bound in (min(bounds), max(bounds)))
+        if lowest < 0 or highest > MAX_DAYS:
+            raise ctx.fail(
+                path, f"must stay between 0 and {MAX_DAYS} (it ranges {lowest}..{highest})"
+            )
+        return ref
     raise ctx.fail(path, "must be a whole number or {param: NAME, times: N, plus: N}")
 
 
@@ -319,6 +370,8 @@ def _steps(ctx: _Ctx, data: Any, parameters: dict[str, Parameter]) -> tuple[Step
             every = rspec.get("every_days", 1)
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ctx.fail([*rpath, "every_days"], "must be a positive whole number")
+            if every > MAX_DAYS:
+                raise ctx.fail([*rpath, "every_days"], f"must be at most {MAX_DAYS}")
             if isinstance(when, Elapsed | SameDay):
                 raise ctx.fail(rpath, "only day/time and after_step steps can repeat")
             repeat = Repeat(_intref(ctx, [*rpath, "count"], rspec.get("count"), parameters), every)

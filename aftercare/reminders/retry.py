@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -11,6 +12,8 @@ CAP = timedelta(hours=1)
 
 # Jitter only spreads retries out; it is not a security feature.
 _rng = random.Random()  # noqa: S311
+# Reseeded in every forked (prefork) worker child, or all children would draw the same jitter.
+os.register_at_fork(after_in_child=_rng.seed)
 
 
 def backoff(attempt: int, *, rng: random.Random | None = None) -> timedelta:

@@ -567,14 +567,20 @@ def _code_or_none(answer: str | None) -> str | None:
 
 
 def erase_patient(
-    *, db_session: Session, patient_id: int, actor_id: int | None, now: datetime
+    *,
+    db_session: Session,
+    patient_id: int,
+    actor_id: int | None,
+    now: datetime,
+    action: str = "erase",
 ) -> Patient:
     """Remove a patient's personal data everywhere; keep an anonymous record of the erasure.
 
     Name, phone and email are replaced; message bodies and numbers of their replies, flag texts
     and notes, and providers' error texts (which can quote a number or address) are scrubbed;
     every live session is cancelled with its pending reminders. Ids, states and times stay, so
-    counts and the audit log still add up.
+    counts and the audit log still add up. ``action`` names the audit event (``erase`` for
+    staff, ``retention_erase`` for the retention task).
     """
     patient = get_patient(db_session=db_session, patient_id=patient_id, lock=True)
     if patient.erased_at is not None:
@@ -624,7 +630,7 @@ def erase_patient(
     patient.erased_at = now
     audit.record(
         db_session=db_session,
-        action="erase",
+        action=action,
         actor_id=actor_id,
         now=now,
         patient_id=patient_id,

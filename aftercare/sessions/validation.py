@@ -5,10 +5,11 @@ Every check names the field (as a ``loc`` path) and the reason; nothing is store
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -17,6 +18,16 @@ from email_validator import EmailNotValidError, validate_email
 from aftercare.regimens.model import CHANNELS, Channel
 
 Loc = tuple[str | int, ...]
+
+# What a person types in a phone number: ASCII digits and the usual separators, '+' first.
+# phonenumbers would also accept letters (vanity numbers: "ABC" becomes 222, a stranger's
+# number), other scripts' digits, '*', "ext." and "tel:"; none of those belongs in a mobile
+# number that a patient's reminders go to.
+_PHONE_CHARACTERS = re.compile(r"^\+?[0-9 ().\-/]*$")
+# Instants outside these years are no treatment time: planning near the ends of the calendar
+# overflows (year 1 at +14:00 has no UTC equivalent at all).
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ def clean_phone(value: object, loc: Loc, *, region: str = "GB") -> str:
         raise ValidationFailed([FieldError(loc, "is required for SMS")])
     if len(value) > 40 or _has_control_chars(value):
         raise ValidationFailed([FieldError(loc, "is not a phone number")])
+    if not _PHONE_CHARACTERS.match(value.strip()):
+        raise ValidationFailed([FieldError(loc, "may contain only digits, spaces and + ( ) . - /")])
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
@@ -127,12 +140,19 @@ def clean_instant(value: object, loc: Loc) -> datetime:
         raise ValidationFailed([FieldError(loc, "is required (ISO-8601 with a UTC offset)")])
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValidationFailed([FieldError(loc, "must include a UTC offset, e.g. +00:00")])
+    try:
+        in_range = _EARLIEST <= parsed.astimezone(UTC) < _LATEST
+    except OverflowError:  # year 1 at +14:00, year 9999 at -14:00: no UTC equivalent
+        in_range = False
+    if not in_range:
+        raise ValidationFailed([FieldError(loc, "is out of range")])
     return parsed
 
 
 def _parse_iso(text: str, loc: Loc) -> datetime:
     bad = FieldError(loc, "is not an ISO-8601 date and time (e.g. 2026-03-01T10:30+00:00)")
-    if len(text) > 64:
+    # ISO-8601 is printable ASCII; Python's parser stops at a NUL and ignores what follows.
+    if len(text) > 64 or not (text.isascii() and text.isprintable()):
         raise ValidationFailed([bad])
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -20,6 +20,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(unsubscribe.router)
     app.include_router(pages.router)
+    pages.mount_static(app)
     return app
 
 

@@ -1,7 +1,27 @@
-"""Routes: pages (built in its own issue)."""
+"""Routes: the staff pages (server-rendered, usable without JavaScript).
+
+Each area is its own module: ``pages_auth`` (login, logout), ``pages_home`` (dashboard, patient
+search, flags, audit log), ``pages_enrol`` (record a session), ``pages_patient`` (the patient's
+timeline and its actions). Shared rendering lives in ``pages_common``; logins, CSRF and the
+login rate limit in ``web_auth``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from pathlib import Path
 
-router = APIRouter()
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from aftercare.web import pages_auth, pages_enrol, pages_home, pages_patient
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+router = APIRouter(include_in_schema=False)
+for _area in (pages_auth.router, pages_home.router, pages_enrol.router, pages_patient.router):
+    router.include_router(_area)
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve the pages' stylesheet and optional script at ``/static``."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

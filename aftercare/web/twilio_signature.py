@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Request
 from starlette.datastructures import FormData
@@ -20,6 +21,11 @@ from aftercare.web.deps import RuntimeDep
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+FORM_TYPE = "application/x-www-form-urlencoded"
+# Twilio's webhooks are a few kilobytes (an SMS body is at most 1600 characters). Anything much
+# bigger is not from Twilio, and is refused before it is read: the body is read before the
+# signature can be checked, so without a limit anyone could make the app buffer gigabytes.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def public_url(base_url: str, path: str, query: str) -> str:
@@ -42,7 +48,16 @@ def is_valid_signature(
 
 async def verified_form(request: Request, rt: RuntimeDep) -> dict[str, str]:
     """The webhook's POST parameters, once the signature is checked; else 403 (nothing read
-    further, nothing stored)."""
+    further, nothing stored). A body of unknown length or over MAX_BODY_BYTES is 411/413 before
+    it is read; a signed body that is not UTF-8 form data is 415/400."""
+    length = request.headers.get("content-length", "")
+    if not (length.isascii() and length.isdigit()):
+        raise HTTPException(status_code=411, detail="Content-Length is required")
+    if int(length) > MAX_BODY_BYTES:
+        raise HTTPException(
+            status_code=413, detail=f"the request body is larger than {MAX_BODY_BYTES} bytes"
+        )
+    raw = await request.body()
     form = await request.form()
     settings = rt.settings
     url = public_url(settings.public_base_url, request.url.path, request.url.query)
@@ -59,6 +74,14 @@ async def verified_form(request: Request, rt: RuntimeDep) -> dict[str, str]:
         else:
             log.warning("twilio webhook refused: missing or invalid signature")
         raise HTTPException(status_code=403, detail="invalid Twilio signature")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != FORM_TYPE:
+        raise HTTPException(status_code=415, detail=f"the body must be {FORM_TYPE}")
+    try:
+        # The form parser turns bytes that are not UTF-8 into U+FFFD; refuse them instead.
+        parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(status_code=400, detail="the form data is not UTF-8") from None
     return {key: str(value) for key, value in form.items()}
 
 

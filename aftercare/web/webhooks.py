@@ -22,6 +22,14 @@ router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 
 # Twilio SIDs are 34 letters and digits; the outbox transport's ids also use '-'.
 _SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# What a webhook can answer besides 200 (OpenAPI); none of them stores anything.
+_REFUSALS: dict[int | str, dict[str, str]] = {
+    400: {"description": "MessageSid missing or malformed, or the form is not UTF-8."},
+    403: {"description": "Missing or invalid X-Twilio-Signature."},
+    411: {"description": "No Content-Length."},
+    413: {"description": "Body larger than 64 KiB."},
+    415: {"description": "Not application/x-www-form-urlencoded."},
+}
 
 
 def _twiml(reply: str | None = None) -> Response:
@@ -38,7 +46,7 @@ def _sid(params: dict[str, str]) -> str:
     return sid
 
 
-@router.post("/inbound", response_class=Response, responses={403: {}, 400: {}})
+@router.post("/inbound", response_class=Response, responses=_REFUSALS)
 def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
     """An SMS from a patient: stored, acted on, and answered (HELP, safety advice, thanks)."""
     sid = _sid(params)
@@ -58,7 +66,7 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
     return _twiml(received.reply)
 
 
-@router.post("/status", response_class=Response, responses={403: {}, 400: {}})
+@router.post("/status", response_class=Response, responses=_REFUSALS)
 def message_status(params: TwilioParams, rt: RuntimeDep) -> Response:
     """A delivery-status callback for a message we sent; an unknown message is ignored (200)."""
     sid = _sid(params)

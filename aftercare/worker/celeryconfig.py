@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from celery.schedules import crontab
+
 from aftercare.settings import Settings
 
 DISPATCH_QUEUE = "aftercare.dispatch"
@@ -29,6 +31,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "aftercare.dispatch": {"queue": DISPATCH_QUEUE},
             "aftercare.recover": {"queue": DISPATCH_QUEUE},
+            "aftercare.retention": {"queue": DISPATCH_QUEUE},
             "aftercare.send": {"queue": SEND_QUEUE},
         },
         "beat_schedule": {
@@ -43,11 +46,17 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.recover_interval,
                 "options": {"expires": max(settings.recover_interval * 2, 10.0)},
             },
+            # Daily, at a quiet hour: anonymise patients whose regimen ended long ago.
+            "anonymise-expired-patients": {
+                "task": "aftercare.retention",
+                "schedule": crontab(minute=30, hour=3),
+                "options": {"expires": 6 * 3600},
+            },
         },
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "timezone": "UTC",
         "enable_utc": True,
     }

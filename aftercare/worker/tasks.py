@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 
+from aftercare import retention
 from aftercare.ops import heartbeat, metrics
 from aftercare.reminders import delivery, dispatch
 from aftercare.runtime import Runtime, get_runtime
@@ -79,4 +80,15 @@ def recover(self: AftercareTask) -> dict[str, Any]:
     summary = {"requeued": requeued, "reconciled": reconciled}
     if requeued or reconciled:
         log.info("recovered %s", summary)
+    return summary
+
+
+@app.task(base=AftercareTask, bind=True, name="aftercare.retention")
+def anonymise_expired(self: AftercareTask) -> dict[str, int]:
+    """Anonymise patients whose regimen ended more than AFTERCARE_RETENTION_DAYS ago."""
+    rt = self.runtime
+    summary = retention.anonymise_expired(
+        db=rt.db, now=rt.clock.now(), retention_days=rt.settings.retention_days
+    )
+    log.info("retention", extra=summary)
     return summary

@@ -1,0 +1,149 @@
+"""``/login`` and ``/logout``."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import unicodedata
+from datetime import datetime
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import HTMLResponse
+
+from aftercare.runtime import Runtime
+from aftercare.staff.service import authenticate
+from aftercare.web import web_auth
+from aftercare.web.auth import DbSession
+from aftercare.web.deps import RuntimeDep
+from aftercare.web.pages_common import PageRoute, notice, redirect, render, safe_next
+from aftercare.web.web_auth import CheckedForm, FormDep, MaybeStaff, field
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+WRONG = "Wrong email or password."
+
+
+def _login_page(
+    rt: Runtime,
+    *,
+    next_url: str,
+    email: str = "",
+    error: str = "",
+    message: str = "",
+    status_code: int = status.HTTP_200_OK,
+) -> HTMLResponse:
+    """The login form with a fresh double-submit token (in the form and a cookie)."""
+    token = secrets.token_urlsafe(32)
+    response = render(
+        rt,
+        "login.html",
+        staff=None,
+        status_code=status_code,
+        login_token=token,
+        next_url=next_url,
+        email=email,
+        error=error,
+        message=message,
+    )
+    web_auth.set_cookie(
+        response,
+        web_auth.LOGIN_COOKIE,
+        token,
+        max_age=web_auth.LOGIN_FORM_LIFETIME,
+        secure=web_auth.cookie_secure(rt.settings),
+    )
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, rt: RuntimeDep, staff: MaybeStaff) -> Response:
+    next_url = safe_next(request.query_params.get("next", ""))
+    if staff is not None:
+        return redirect(next_url)
+    return _login_page(rt, next_url=next_url, message=notice(request))
+
+
+def _plausible_email(email: str) -> bool:
+    # Control characters (a NUL breaks PostgreSQL) or absurd lengths are never an account.
+    return 0 < len(email) <= 254 and not any(
+        unicodedata.category(ch).startswith("C") for ch in email
+    )
+
+
+def _locked_message(until: datetime, now: datetime) -> str:
+    minutes = max(1, math.ceil((until - now).total_seconds() / 60))
+    return (
+        "Too many failed attempts to log in with this email from this device. "
+        f"For safety, try again in {minutes} minute{'s' if minutes != 1 else ''}, "
+        "or ask an admin to reset your password."
+    )
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep) -> Response:
+    now = rt.clock.now()
+    next_url = safe_next(field(form, "next", limit=500))
+    email = field(form, "email", limit=300).strip()
+    password = field(form, "password", limit=1000)
+    if not web_auth.same(
+        field(form, web_auth.CSRF_FIELD, limit=200), request.cookies.get(web_auth.LOGIN_COOKIE, "")
+    ):
+        return _login_page(
+            rt,
+            next_url=next_url,
+            email=email,
+            error="The login form had expired. Please try again.",
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
+    key = web_auth.attempt_key(email, web_auth.client_of(request))
+    until = web_auth.locked_until(db_session=db_session, key=key, now=now)
+    if until is not None:
+        return _login_page(
+            rt,
+            next_url=next_url,
+            email=email,
+            error=_locked_message(until, now),
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+    user = None
+    if _plausible_email(email) and password:
+        user = authenticate(db_session=db_session, email=email, password=password)
+    web_auth.record_attempt(db_session=db_session, key=key, now=now, success=user is not None)
+    if user is None:
+        until = web_auth.locked_until(db_session=db_session, key=key, now=now)
+        return _login_page(
+            rt,
+            next_url=next_url,
+            email=email,
+            error=_locked_message(until, now) if until else WRONG,
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS
+            if until
+            else status.HTTP_401_UNAUTHORIZED,
+        )
+    secure = web_auth.cookie_secure(rt.settings)
+    web_auth.end_session(
+        db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
+    )
+    token, _ = web_auth.start_session(db_session=db_session, staff_id=user.id, now=now)
+    response = redirect(next_url)
+    web_auth.set_cookie(
+        response,
+        web_auth.SESSION_COOKIE,
+        token,
+        max_age=web_auth.SESSION_LIFETIME,
+        secure=secure,
+    )
+    web_auth.clear_cookie(response, web_auth.LOGIN_COOKIE, secure=secure)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, rt: RuntimeDep, db_session: DbSession, form: CheckedForm) -> Response:
+    web_auth.end_session(
+        db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
+    )
+    response = redirect("/login?done=logged_out")
+    web_auth.clear_cookie(
+        response, web_auth.SESSION_COOKIE, secure=web_auth.cookie_secure(rt.settings)
+    )
+    return response

@@ -1,0 +1,224 @@
+"""Logins for the staff pages: cookie sessions, CSRF tokens and a login rate limit.
+
+The cookie holds a random token; the server keeps only its SHA-256 (``WebSession.token_hash``),
+so a copy of the database cannot be turned into a live session. Every session has its own CSRF
+token, which every POST form carries in a hidden field. The login form itself, made before there
+is a session, carries a double-submit token (a random value in a short-lived cookie and the
+form). Failed logins are counted per email and client in ``LoginAttempt`` (hashed, never the
+email itself); after ``MAX_FAILURES`` within ``FAILURE_WINDOW`` the pair is refused until the
+oldest failure ages out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Final
+
+from fastapi import Depends, Request, Response
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from aftercare.settings import Settings
+from aftercare.storage.models import LoginAttempt, StaffUser, WebSession
+from aftercare.web.auth import DbSession
+from aftercare.web.deps import RuntimeDep
+
+SESSION_COOKIE: Final = "aftercare_session"
+LOGIN_COOKIE: Final = "aftercare_login"
+SESSION_LIFETIME: Final = timedelta(hours=12)
+LOGIN_FORM_LIFETIME: Final = timedelta(hours=1)
+MAX_FAILURES: Final = 5
+FAILURE_WINDOW: Final = timedelta(minutes=15)
+# Attempts older than this are deleted; only the last window's count matters.
+ATTEMPT_RETENTION: Final = timedelta(days=1)
+CSRF_FIELD: Final = "csrf_token"
+
+
+class LoginRequired(Exception):
+    """No valid session: the page redirects to the login form."""
+
+
+class CsrfFailed(Exception):
+    """A POST without this session's CSRF token."""
+
+
+class AdminRequired(Exception):
+    """A staff member (not an admin) asked for an admin page."""
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time comparison of two tokens (False when either is empty)."""
+    return bool(a) and bool(b) and hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+# Sessions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaffSession:
+    """The logged-in staff member and this browser session's CSRF token."""
+
+    user: StaffUser
+    csrf_token: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == "admin"
+
+
+def start_session(*, db_session: Session, staff_id: int, now: datetime) -> tuple[str, WebSession]:
+    """A new session for this staff member: (the cookie token, shown only now; its row)."""
+    db_session.execute(delete(WebSession).where(WebSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    row = WebSession(
+        token_hash=digest(token),
+        staff_id=staff_id,
+        csrf_token=secrets.token_urlsafe(32),
+        created_at=now,
+        expires_at=now + SESSION_LIFETIME,
+    )
+    db_session.add(row)
+    db_session.flush()
+    return token, row
+
+
+def load_session(*, db_session: Session, token: str, now: datetime) -> StaffSession | None:
+    """The live session named by a cookie token, for an enabled account; else None."""
+    if not token or len(token) > 200:
+        return None
+    row = db_session.scalar(select(WebSession).where(WebSession.token_hash == digest(token)))
+    if row is None or row.expires_at <= now:
+        return None
+    user = db_session.get(StaffUser, row.staff_id)
+    if user is None or user.disabled_at is not None:
+        return None
+    return StaffSession(user=user, csrf_token=row.csrf_token)
+
+
+def end_session(*, db_session: Session, token: str) -> None:
+    """Forget the session named by this cookie token (idempotent)."""
+    if token:
+        db_session.execute(delete(WebSession).where(WebSession.token_hash == digest(token)))
+
+
+def cookie_secure(settings: Settings) -> bool:
+    """Cookies are Secure when the public address is HTTPS (behind TLS)."""
+    return settings.public_base_url.strip().lower().startswith("https://")
+
+
+def set_cookie(
+    response: Response, name: str, value: str, *, max_age: timedelta, secure: bool
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=int(max_age.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+    )
+
+
+def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=secure)
+
+
+# Login rate limit ---------------------------------------------------------------------------
+
+
+def attempt_key(email: str, client: str) -> str:
+    """The rate-limit key of an email and client, hashed so no email is stored in the clear."""
+    return digest(f"{email.strip().lower()}\x00{client}")
+
+
+def locked_until(*, db_session: Session, key: str, now: datetime) -> datetime | None:
+    """When this email+client may try again, if it has failed too often recently; else None.
+
+    Failures before the latest success do not count.
+    """
+    recent = db_session.scalars(
+        select(LoginAttempt)
+        .where(LoginAttempt.key_hash == key, LoginAttempt.at > now - FAILURE_WINDOW)
+        .order_by(LoginAttempt.at, LoginAttempt.id)
+    ).all()
+    failures: list[datetime] = []
+    for attempt in recent:
+        failures = [] if attempt.success else [*failures, attempt.at]
+    if len(failures) < MAX_FAILURES:
+        return None
+    return failures[len(failures) - MAX_FAILURES] + FAILURE_WINDOW
+
+
+def record_attempt(*, db_session: Session, key: str, now: datetime, success: bool) -> None:
+    db_session.execute(delete(LoginAttempt).where(LoginAttempt.at < now - ATTEMPT_RETENTION))
+    db_session.add(LoginAttempt(key_hash=key, at=now, success=success))
+    db_session.flush()
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+# Dependencies -------------------------------------------------------------------------------
+
+
+def optional_staff(request: Request, rt: RuntimeDep, db_session: DbSession) -> StaffSession | None:
+    """The request's logged-in staff member, or None."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return load_session(db_session=db_session, token=token, now=rt.clock.now())
+
+
+MaybeStaff = Annotated[StaffSession | None, Depends(optional_staff)]
+
+
+def current_staff(staff: MaybeStaff) -> StaffSession:
+    """The logged-in staff member; anyone else is sent to the login page."""
+    if staff is None:
+        raise LoginRequired
+    return staff
+
+
+PageStaff = Annotated[StaffSession, Depends(current_staff)]
+
+
+def admin_staff(staff: PageStaff) -> StaffSession:
+    if not staff.is_admin:
+        raise AdminRequired
+    return staff
+
+
+PageAdmin = Annotated[StaffSession, Depends(admin_staff)]
+
+
+async def form_data(request: Request) -> FormData:
+    """The request's form fields (read once; FastAPI caches dependencies per request)."""
+    return await request.form()
+
+
+FormDep = Annotated[FormData, Depends(form_data)]
+
+
+def field(form: FormData, name: str, *, limit: int = 2000) -> str:
+    """A form field as text (empty when absent or a file), cut to ``limit`` characters."""
+    value = form.get(name)
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def checked_form(staff: PageStaff, form: FormDep) -> FormData:
+    """The form of a logged-in POST whose CSRF token matches the session's; else 403."""
+    if not same(field(form, CSRF_FIELD, limit=200), staff.csrf_token):
+        raise CsrfFailed
+    return form
+
+
+CheckedForm = Annotated[FormData, Depends(checked_form)]

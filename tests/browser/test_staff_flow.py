@@ -1,0 +1,123 @@
+"""A nurse's day in a real browser (Chromium, no JavaScript): log in, record a session and
+preview it, save, see the timeline, pause it, resolve a flag, look at the audit log, log out.
+A screenshot of each page is saved (see conftest)."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from aftercare.flags.service import raise_flag
+from tests.browser.conftest import LiveApp, log_in, screenshot
+
+PATIENT = "Philippa Quennell"
+
+
+def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
+    page: Page, live_app: LiveApp
+) -> None:
+    page.goto(live_app.url("/flags"))
+    expect(page).to_have_url(re.compile(r"/login\?next=/flags$"))
+    screenshot(page, "01-login", docs=True)
+    page.get_by_label("Email").fill("sam.nurse@riverside.example")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Wrong email or password")
+
+    log_in(page, live_app)
+    expect(page.get_by_text("urgent flags to call back")).to_be_visible()
+    screenshot(page, "02-dashboard", docs=True)
+
+    page.get_by_role("link", name="Record a session").first.click()
+    expect(page.get_by_role("heading", name="Record a session")).to_be_visible()
+    page.get_by_label("Patient name").fill(PATIENT)
+    page.get_by_label("Mobile phone").fill("07911 123456")
+    page.get_by_label("Email address").fill("philippa.quennell@example.org")
+    expect(page.get_by_label("Time zone")).to_have_value("Europe/London")
+    expect(page.get_by_label("SMS")).to_be_checked()
+    page.get_by_label("7 days (1 week)").check()
+    page.get_by_label("Week of the bruising check-in").select_option("12")
+
+    page.get_by_role("button", name="Save and start reminders").click()
+    summary = page.get_by_role("alert").filter(has_text="Please check")
+    expect(summary).to_contain_text("Confirm all four contraindication checks")
+    expect(summary).to_contain_text("Confirm that the patient agrees")
+    screenshot(page, "03-record-errors")
+
+    for check in (
+        "No history of deep vein thrombosis",
+        "Not pregnant or breastfeeding",
+        "No flight or long period of immobility",
+        "No untreated varicose veins",
+    ):
+        page.get_by_label(check).check()
+    page.get_by_label("The patient agrees to receive aftercare messages").check()
+    page.get_by_role("button", name="Preview timeline").click()
+    preview = page.locator("#preview")
+    expect(preview.get_by_role("table")).to_be_visible()
+    expect(preview).to_contain_text("End of continuous wear (72 hours)")
+    expect(preview).to_contain_text("Put your stockings on for the day (7 of 7)")
+    expect(page.get_by_label("Patient name")).to_have_value(PATIENT)
+    screenshot(page, "04-record-preview", docs=True)
+
+    page.get_by_role("button", name="Save and start reminders").click()
+    expect(page.get_by_role("heading", name=PATIENT)).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("Session recorded")
+    expect(page.get_by_role("table").first).to_contain_text("Welcome, continuous wear")
+    screenshot(page, "05-patient", docs=True)
+    patient_id = int(page.url.split("/patients/")[1].split("?")[0])
+
+    page.get_by_role("button", name="Pause reminders").click()
+    expect(page.get_by_role("status")).to_contain_text("Reminders paused")
+    expect(page.locator(".session-head .badge")).to_have_text("Paused")
+    expect(page.get_by_role("button", name="Resume reminders")).to_be_visible()
+    screenshot(page, "06-patient-paused")
+
+    with live_app.rt.db.session() as s:
+        raise_flag(
+            s,
+            kind="urgent_reply",
+            patient_id=patient_id,
+            text="My calf is swollen and sore since this morning",
+            now=live_app.rt.clock.now(),
+        )
+    page.get_by_role("link", name=re.compile(r"^Flags")).click()
+    card = page.locator("li.card").filter(has_text=PATIENT)
+    expect(card).to_contain_text("Urgent reply")
+    expect(page.locator("li.card").first).to_contain_text(PATIENT)  # urgent first
+    screenshot(page, "07-flags", docs=True)
+    card.get_by_label("Note (optional)").fill("Called back; advised NHS 111 and a scan today.")
+    card.get_by_role("button", name=re.compile("^Resolve")).click()
+    expect(page.get_by_role("status")).to_contain_text("Flag resolved")
+    expect(page.locator("li.card").filter(has_text=PATIENT)).to_have_count(0)
+
+    page.get_by_role("link", name="Audit log").click()
+    table = page.get_by_role("table")
+    expect(table).to_contain_text("Resolved a flag")
+    expect(table).to_contain_text("Paused a session")
+    expect(table).to_contain_text("Recorded a session")
+    expect(table).to_contain_text("Sam Okafor")
+    screenshot(page, "08-audit", docs=True)
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("status")).to_contain_text("You have logged out")
+    page.goto(live_app.url("/"))
+    expect(page).to_have_url(re.compile(r"/login$"))
+
+
+def test_the_preview_refreshes_by_itself_when_javascript_is_on(
+    js_page: Page, live_app: LiveApp
+) -> None:
+    log_in(js_page, live_app)
+    js_page.goto(live_app.url("/sessions/new"))
+    preview = js_page.locator("#preview")
+    expect(preview.get_by_role("table")).to_be_visible()
+    expect(preview).to_contain_text("(14 of 14)")
+    js_page.get_by_label("7 days (1 week)").check()
+    expect(preview).to_contain_text("(7 of 7)")
+    expect(preview).not_to_contain_text("(14 of 14)")
+    js_page.get_by_label("Time zone").fill("Not/AZone")
+    js_page.get_by_label("Time zone").dispatch_event("change")
+    expect(preview).to_contain_text("is not an IANA time zone")
+    screenshot(js_page, "09-live-preview-error")

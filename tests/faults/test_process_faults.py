@@ -1,0 +1,248 @@
+"""Process faults: workers and dispatchers killed at every point of the send path, dispatchers
+racing, the broker delivering a task twice. Every due reminder reaches the provider exactly once.
+
+Real processes (``aftercare worker|beat|dispatch``) on PostgreSQL + Redis with a shared file
+clock. Crash points (aftercare/faults.py) make a pool child SIGKILL itself at a precise
+instruction; Celery forks a new child and, with acks_late + reject_on_worker_lost, the broker
+redelivers the task. What a dead process left in ``queued`` or ``sending`` is recovered once it
+is older than AFTERCARE_STALE_AFTER, which the test reaches by moving the clock, not by waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+
+import pytest
+import redis
+from celery import Celery
+
+from aftercare.reminders import dispatch, states
+from aftercare.worker.celeryconfig import SEND_QUEUE
+from tests.fakes.twilio import FakeTwilio
+from tests.faults.conftest import Recorder
+from tests.faults.harness import (
+    SMS_STEPS,
+    Fleet,
+    broker_send_ids,
+    drive,
+    enrol_many,
+    make_burst,
+    outbox_sends,
+    state_counts,
+    states_of,
+    twilio_env,
+    twilio_sends,
+    wait_for,
+)
+from tests.faults.report import tally
+from tests.stacks import Stack
+
+pytestmark = pytest.mark.e2e
+
+CRASHES = {
+    "before_send": ("worker killed before the provider call", "before_send=0.05"),
+    "after_send": ("worker killed after the provider accepted", "after_send=0.05"),
+    "after_record": ("worker killed after storing the result", "after_record=0.15"),
+}
+
+
+@pytest.mark.parametrize("point", list(CRASHES))
+def test_worker_killed_at_a_crash_point_loses_and_duplicates_nothing(
+    point: str, fault_stack: Stack, fleet: Fleet, fault_table: Recorder
+) -> None:
+    title, spec = CRASHES[point]
+    enrol_many(fault_stack, 5)
+    burst = make_burst(fault_stack)
+    fleet.worker(env={"AFTERCARE_FAULTS": spec})
+    fleet.beat()
+
+    moves = drive(fault_stack)
+
+    kills = fleet.child_kills("worker")
+    result = tally(expected=burst, sends=outbox_sends(fault_stack))
+    fault_table.record(f"{title} ({spec})", faults=kills, tally=result, clock_moves=moves)
+    assert result.duplicates == 0
+    assert result.lost == 0
+    assert kills >= 2, "the crash point was hardly ever reached"
+    assert set(states_of(fault_stack, burst).values()) == {states.SENT}
+
+
+def test_worker_process_group_sigkilled_mid_run_then_replaced(
+    fault_stack: Stack, fleet: Fleet, fault_table: Recorder
+) -> None:
+    """A real SIGKILL of the whole worker (main process and pool) at arbitrary instructions:
+    the messages it had prefetched stay unacknowledged in Redis (for the visibility timeout,
+    an hour), so the database must recover its reminders. SMS go to the fake Twilio, a separate
+    process the kill cannot touch, whose message list answers reconciliation."""
+    with FakeTwilio(clock=fault_stack.clock.now) as fake:
+        fault_stack.env.update(twilio_env(fake))
+        enrol_many(fault_stack, 8, channels=("sms",))
+        burst = make_burst(fault_stack, steps=SMS_STEPS)
+        fleet.beat()
+        kills = 0
+        for fraction in (0.2, 0.45, 0.7):
+            fleet.worker()
+            target = int(len(burst) * fraction)
+            wait_for(lambda t=target: len(fake.stored()) >= t, timeout=60, what="sends")
+            fleet.kill("worker")
+            kills += 1
+        fleet.worker()
+
+        moves = drive(fault_stack)
+
+        sends = twilio_sends(fault_stack, ((m.sid or "", m.to, m.body) for m in fake.stored()))
+    result = tally(expected=burst, sends=sends)
+    fault_table.record(
+        "worker process group SIGKILLed mid-run, fresh worker started (Twilio)",
+        faults=kills,
+        tally=result,
+        clock_moves=moves,
+    )
+    assert result.duplicates == 0
+    assert result.lost == 0
+    assert result.unwanted == 0
+    assert set(states_of(fault_stack, burst).values()) == {states.SENT}
+
+
+def test_dispatcher_killed_after_claiming_loses_nothing(
+    fault_stack: Stack, fleet: Fleet, fault_table: Recorder
+) -> None:
+    """``aftercare dispatch`` dies right after committing its claim, before publishing: the
+    claimed reminders sit in ``queued`` with no broker message until recovery requeues them.
+    Then the beat-driven dispatcher inside the worker is killed the same way, at random."""
+    enrol_many(fault_stack, 5)
+    burst = make_burst(fault_stack)
+    doomed = {"AFTERCARE_FAULTS": "dispatch_after_claim=1", "AFTERCARE_DISPATCH_BATCH": "25"}
+    cli_kills = 0
+    for run in range(3):
+        proc = fleet.dispatch(name=f"dispatch-{run}", env=doomed)
+        assert proc.wait(timeout=60) == -9
+        cli_kills += 1
+    assert state_counts(fault_stack)[states.QUEUED] == 75
+    assert broker_send_ids(redis.Redis.from_url(fault_stack.env["AFTERCARE_BROKER_URL"])) == []
+    fleet.worker(env={"AFTERCARE_FAULTS": "dispatch_after_claim=0.3"})
+    fleet.beat()
+
+    moves = drive(fault_stack)
+
+    kills = cli_kills + fleet.child_kills("worker")
+    result = tally(expected=burst, sends=outbox_sends(fault_stack))
+    fault_table.record(
+        "dispatcher killed after its claim, before publishing",
+        faults=kills,
+        tally=result,
+        clock_moves=moves,
+    )
+    assert result.duplicates == 0
+    assert result.lost == 0
+    assert fleet.child_kills("worker") >= 1
+    assert set(states_of(fault_stack, burst).values()) == {states.SENT}
+
+
+def _summary(fleet: Fleet, name: str) -> dict[str, int]:
+    lines = [line for line in fleet.log(name).read_text().splitlines() if '"claimed"' in line]
+    summaries = [json.loads(line) for line in lines if '"ts"' not in line]
+    assert len(summaries) == 1, f"{name} printed no summary"
+    return summaries[0]  # type: ignore[no-any-return]
+
+
+def test_two_dispatchers_racing_on_postgres_never_claim_the_same_reminder(
+    fault_stack: Stack, fleet: Fleet, fault_table: Recorder
+) -> None:
+    """Two ``aftercare dispatch`` processes at once, in small batches, then two beats at once:
+    ``FOR UPDATE SKIP LOCKED`` hands each reminder to exactly one of them."""
+    enrol_many(fault_stack, 8)
+    burst = make_burst(fault_stack)
+    small = {"AFTERCARE_DISPATCH_BATCH": "4"}
+    racers = [fleet.dispatch(name=f"dispatch-{n}", env=small) for n in ("a", "b")]
+    for proc in racers:
+        assert proc.wait(timeout=90) == 0
+    claimed = [_summary(fleet, f"dispatch-{n}")["claimed"] for n in ("a", "b")]
+    published = [
+        i
+        for chunk in broker_send_ids(redis.Redis.from_url(fault_stack.env["AFTERCARE_BROKER_URL"]))
+        for i in chunk
+    ]
+    assert sum(claimed) == len(published) == len(set(published)) == len(burst)
+    assert all(claimed), f"the dispatchers did not overlap: {claimed}"
+    # The second half of the regimen falls due again for two beats racing each other.
+    second = enrol_many(fault_stack, 4, start=100)
+    assert second
+    more = make_burst(fault_stack)
+    fleet.worker()
+    fleet.beat("beat-a")
+    fleet.beat("beat-b")
+
+    moves = drive(fault_stack)
+
+    expected = [*burst, *more]
+    result = tally(expected=expected, sends=outbox_sends(fault_stack))
+    fault_table.record(
+        "two dispatchers racing on PostgreSQL (2 x dispatch, then 2 beats)",
+        faults=2,
+        tally=result,
+        clock_moves=moves,
+    )
+    assert result.duplicates == 0
+    assert result.lost == 0
+    assert moves == 0, "nothing should have been stuck"
+
+
+@pytest.fixture
+def publisher(fault_stack: Stack) -> Iterator[Celery]:
+    app = Celery("fault-publisher", set_as_current=False)
+    app.conf.update(
+        broker_url=fault_stack.env["AFTERCARE_BROKER_URL"],
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=False,
+    )
+    yield app
+    app.close()
+
+
+def test_every_send_task_delivered_twice_by_the_broker_sends_once(
+    fault_stack: Stack, fleet: Fleet, publisher: Celery, fault_table: Recorder
+) -> None:
+    """At-least-once delivery taken to the extreme: every chunk is published twice with the
+    same task id (a redelivery) and once more with a new id, to a worker whose two pool
+    processes run the copies concurrently."""
+    enrol_many(fault_stack, 5)
+    burst = make_burst(fault_stack)
+    copies = 0
+
+    def publish_thrice(ids: Sequence[int]) -> None:
+        nonlocal copies
+        task_id = str(uuid.uuid4())
+        for tid in (task_id, task_id, str(uuid.uuid4())):
+            publisher.send_task("aftercare.send", args=[list(ids)], task_id=tid, queue=SEND_QUEUE)
+        copies += 2
+
+    dispatch.dispatch_due(
+        db=fault_stack.rt.db,
+        clock=fault_stack.clock,
+        publish=publish_thrice,
+        batch_size=500,
+        chunk_size=3,
+    )
+    client = redis.Redis.from_url(fault_stack.env["AFTERCARE_BROKER_URL"])
+    queued = broker_send_ids(client)
+    assert len(queued) == 3 * len({tuple(c) for c in queued}) > 0
+    fleet.worker()
+    fleet.worker("worker-2")
+    fleet.beat()
+
+    moves = drive(fault_stack)
+
+    result = tally(expected=burst, sends=outbox_sends(fault_stack))
+    fault_table.record(
+        "each send task delivered three times by the broker",
+        faults=copies,
+        tally=result,
+        clock_moves=moves,
+    )
+    assert result.duplicates == 0
+    assert result.lost == 0
+    assert moves == 0, "nothing should have been stuck"
