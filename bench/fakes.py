@@ -65,6 +65,9 @@ class Twilio:
         """Wall-clock receive times of the messages the fake accepted (answered 201)."""
         return [r.at + self._offset for r in list(self.fake.received) if r.answer == "201"]
 
+    def accepted_sids(self) -> list[str]:
+        return [r.sid for r in list(self.fake.received) if r.answer == "201" and r.sid]
+
     def refused(self, status: str = "429") -> int:
         return sum(1 for r in list(self.fake.received) if r.answer.startswith(status))
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from aftercare.clock import SystemClock
 from aftercare.reminders.dispatch import DispatchSummary, dispatch_due
@@ -105,8 +106,42 @@ def heartbeat_after(bench: Bench, since: datetime, *, timeout: float) -> bool:
     return wait_until(beaten, timeout=timeout, interval=0.2)
 
 
+def duplicate_sends(
+    bench: Bench, twilio: Twilio, sink: SmtpSink, ids: Sequence[int], *, since: datetime
+) -> dict[str, int]:
+    """Sends the providers got more than once, or that no reminder accounts for: emails with a
+    reminder key seen twice, reminders with two successful attempts, and SMS the fake accepted
+    whose message SID no delivery attempt recorded (a send the worker did not get to record
+    before it was stopped; recovery would reconcile it with Twilio, not send it again)."""
+    with bench.pg.connect() as conn:
+        recorded = {
+            r[0]
+            for r in conn.execute(
+                "SELECT provider_id FROM delivery_attempts WHERE reminder_id = ANY(%s) "
+                "AND started_at >= %s AND provider_id IS NOT NULL",
+                (list(ids), since.astimezone(UTC).replace(tzinfo=None)),
+            )
+        }
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT reminder_id FROM delivery_attempts "
+            "WHERE reminder_id = ANY(%s) AND started_at >= %s "
+            "AND outcome IN ('sent', 'reconciled') GROUP BY reminder_id HAVING count(*) > 1) t",
+            (list(ids), since.astimezone(UTC).replace(tzinfo=None)),
+        ).fetchone()
+    return {
+        "email_repeated": sink.duplicates(),
+        "reminders_sent_twice": int(twice[0]) if twice else 0,
+        "sms_unrecorded": len(set(twilio.accepted_sids()) - recorded),
+    }
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile; ``inf`` entries stand for messages not yet received."""
     ordered = sorted(values)
     rank = min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))
     return ordered[rank]
+
+
+def duplicates(run: dict[str, Any]) -> int:
+    """Real duplicates in a run's detail (a send left unrecorded at a stop is not one)."""
+    return int(run.get("email_repeated", 0)) + int(run.get("reminders_sent_twice", 0))

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from aftercare.messages.gsm import sms_encoding, to_gsm7
 from aftercare.planning.planner import step_instants
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.model import Regimen
@@ -63,6 +64,9 @@ SAMPLE_CLINIC_PHONE = "+44 20 7946 0958"
 SAMPLE_UNSUBSCRIBE_URL = "https://aftercare.example.org/unsubscribe/k3Jx9QvT2mWc8LpR4sYb6NdF"
 # A Thursday afternoon, three days before the clocks go forward in the UK.
 SAMPLE_TREATED_AT = datetime(2026, 3, 26, 14, 30, tzinfo=UTC)
+# SMS templates are checked with the sample's first name as the longest one; a longer first
+# name (in GSM-7 units) could push a reminder past its segment limit and so fail it.
+MAX_SMS_FIRST_NAME = len(SAMPLE_PATIENT_NAME.split(maxsplit=1)[0])
 
 
 def human_date(value: date) -> str:
@@ -81,6 +85,14 @@ def human_datetime(value: datetime) -> str:
     suffix = "am" if value.hour < 12 else "pm"
     clock = f"{hour}{suffix}" if value.minute == 0 else f"{hour}:{value.minute:02d}{suffix}"
     return f"{human_date(value.date())} at {clock}"
+
+
+def sms_first_name(first_name: str) -> str:
+    """The first name as an SMS greets the patient: "there" ("Hi there") when it is longer than
+    the templates were checked with, so a long name can never stop a reminder going out."""
+    if sms_encoding(to_gsm7(first_name)).units > MAX_SMS_FIRST_NAME:
+        return "there"
+    return first_name
 
 
 def _occurrences(instants: Mapping[str, list[datetime]], step: str) -> list[datetime]:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from aftercare.channels.base import Attachment, EmailMessage, Message, SmsMessage
 from aftercare.messages.calendar import regimen_calendar
-from aftercare.messages.context import build_context
+from aftercare.messages.context import build_context, sms_first_name
 from aftercare.messages.render import MessageRenderer
 from aftercare.planning.planner import step_instants
 from aftercare.planning.quiet import QuietHours
@@ -70,7 +70,8 @@ def compose(
     if reminder.channel == "sms":
         if not patient.phone:
             raise MissingAddress("no phone number")
-        sms = renderer.render_sms(reminder.template, context)
+        greeting = sms_first_name(str(context["first_name"]))
+        sms = renderer.render_sms(reminder.template, {**context, "first_name": greeting})
         return SmsMessage(key=key, to=patient.phone, body=sms.body)
     if not patient.email:
         raise MissingAddress("no email address")

@@ -6,7 +6,10 @@ import os
 import random
 from datetime import timedelta
 
-MAX_ATTEMPTS = 6
+# Eight attempts are at least 31 minutes apart from first to last (half of 30 s x (2^7 - 1),
+# the least the jitter allows): a provider outage of half an hour fails no reminder. (Six gave
+# as little as 7.75 minutes, so a ten-minute outage failed some reminders at random.)
+MAX_ATTEMPTS = 8
 BASE = timedelta(seconds=30)
 CAP = timedelta(hours=1)
 

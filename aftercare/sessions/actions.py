@@ -172,7 +172,8 @@ def _refuse_unless(session: TreatmentSession, allowed: Collection[str], verb: st
         raise Conflict(f"session {session.id} is already paused")
     if session.status == "active" and verb == "resume":
         raise Conflict(f"session {session.id} is not paused")
-    raise Conflict(f"session {session.id} is {session.status}: it cannot be {verb}d")
+    done = "cancelled" if verb == "cancel" else f"{verb}d"
+    raise Conflict(f"session {session.id} is {session.status}: it cannot be {done}")
 
 
 def pause_session(

@@ -89,12 +89,13 @@ AUDIT_ACTIONS: Final = {
 CHANNEL_NAMES: Final = {"sms": "SMS", "email": "Email"}
 
 
-def when(value: datetime | None, zone: str | ZoneInfo) -> str:
+def when(value: datetime | None, zone: str | ZoneInfo, *, show_zone: bool = True) -> str:
     """``Mon 2 Mar 2026, 10:30 GMT`` in ``zone``; an empty string for None."""
     if value is None:
         return ""
     local = value.astimezone(zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone))
-    return f"{local:%a} {local.day} {local:%b %Y, %H:%M} {local.tzname() or ''}".rstrip()
+    text = f"{local:%a} {local.day} {local:%b %Y, %H:%M}"
+    return f"{text} {local.tzname() or ''}".rstrip() if show_zone else text
 
 
 def short_when(value: datetime | None, zone: str | ZoneInfo) -> str:

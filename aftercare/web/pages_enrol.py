@@ -268,6 +268,25 @@ def _option_text(parameter: Parameter, value: int | str) -> str:
     return str(value).replace("-", " ").capitalize()
 
 
+SHORT_LABELS: Final = {
+    "daily_days": "Daytime wear",
+    "checkin_week": "Check-in",
+    "garment": "Garment",
+}
+
+
+def param_summary(regimen: Regimen | None, parameters: dict[str, object]) -> list[str]:
+    """``Daytime wear: 7 days (1 week)``, one string per parameter of a stored session."""
+    out = []
+    for name, value in sorted(parameters.items()):
+        p = regimen.parameters.get(name) if regimen else None
+        if p is None or not isinstance(value, int | str):
+            out.append(f"{name.replace('_', ' ')}: {value}")
+        else:
+            out.append(f"{SHORT_LABELS.get(name, p.label)}: {_option_text(p, value)}")
+    return out
+
+
 def param_fields(regimen: Regimen | None, values: EnrolForm) -> list[ParamField]:
     if regimen is None:
         return []

@@ -29,8 +29,15 @@ from aftercare.storage.models import (
 from aftercare.web import pages_queries as queries
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, error_text, notice, redirect, render
-from aftercare.web.pages_enrol import step_title, zone_names
+from aftercare.web.pages_common import (
+    PageRoute,
+    error_text,
+    notice,
+    redirect,
+    render,
+    short_when,
+)
+from aftercare.web.pages_enrol import param_summary, step_title, zone_names
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
 
@@ -75,6 +82,7 @@ class Row:
 class SessionView:
     session: TreatmentSession
     regimen_name: str
+    settings: list[str] = field(default_factory=list)
     done: list[Row] = field(default_factory=list)
     upcoming: list[Row] = field(default_factory=list)
     replies: Sequence[InboundMessage] = ()
@@ -85,9 +93,12 @@ def _detail(reminder: Reminder, attempts: list[DeliveryAttempt], zone: ZoneInfo)
     """Why the reminder is where it is: attempts, error codes, reasons (never patient data)."""
     parts: list[str] = []
     if reminder.sent_at is not None and reminder.state in {states.SENT, states.DELIVERED}:
-        parts.append(f"sent {reminder.sent_at.astimezone(zone):%H:%M}")
+        sent, due = reminder.sent_at.astimezone(zone), reminder.due_at.astimezone(zone)
+        parts.append(
+            f"sent {sent:%H:%M}" if sent.date() == due.date() else f"sent {short_when(sent, zone)}"
+        )
     codes = [a.error_code for a in attempts if a.error_code]
-    if codes:
+    if codes and codes[-1] not in (reminder.reason or ""):
         parts.append(f"error {codes[-1]}")
     if len(attempts) > 1:
         parts.append(f"{len(attempts)} attempts")
@@ -96,7 +107,9 @@ def _detail(reminder: Reminder, attempts: list[DeliveryAttempt], zone: ZoneInfo)
     return "; ".join(parts)
 
 
-def session_view(db_session: Session, session: TreatmentSession, regimen: Regimen | None) -> SessionView:
+def session_view(
+    db_session: Session, session: TreatmentSession, regimen: Regimen | None
+) -> SessionView:
     zone = ZoneInfo(session.timezone)
     reminders = actions.session_reminders(db_session=db_session, session_id=session.id)
     attempts = actions.session_attempts(db_session=db_session, session_id=session.id)
@@ -108,6 +121,7 @@ def session_view(db_session: Session, session: TreatmentSession, regimen: Regime
     view = SessionView(
         session=session,
         regimen_name=regimen.name if regimen else session.regimen_id,
+        settings=param_summary(regimen, dict(session.parameters)),
         replies=actions.session_replies(db_session=db_session, session_id=session.id),
         counts=counts,
     )
@@ -205,7 +219,11 @@ def patient_page(
 
 @router.post("/patients/{id}/edit", response_class=HTMLResponse)
 def edit_contact(
-    patient_id: PatientId, rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: CheckedForm
+    patient_id: PatientId,
+    rt: RuntimeDep,
+    staff: PageStaff,
+    db_session: DbSession,
+    form: CheckedForm,
 ) -> Response:
     patient = actions.get_patient(db_session=db_session, patient_id=patient_id)
     contact = ContactForm.parse(form)
@@ -289,14 +307,22 @@ def _session_action(
 
 @router.post("/sessions/{id}/pause")
 def pause(
-    session_id: SessionId, rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: CheckedForm
+    session_id: SessionId,
+    rt: RuntimeDep,
+    staff: PageStaff,
+    db_session: DbSession,
+    form: CheckedForm,
 ) -> Response:
     return _session_action("pause", session_id, rt, staff, db_session)
 
 
 @router.post("/sessions/{id}/resume")
 def resume(
-    session_id: SessionId, rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: CheckedForm
+    session_id: SessionId,
+    rt: RuntimeDep,
+    staff: PageStaff,
+    db_session: DbSession,
+    form: CheckedForm,
 ) -> Response:
     return _session_action("resume", session_id, rt, staff, db_session)
 
@@ -322,6 +348,10 @@ def confirm_cancel(
 
 @router.post("/sessions/{id}/cancel")
 def cancel(
-    session_id: SessionId, rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: CheckedForm
+    session_id: SessionId,
+    rt: RuntimeDep,
+    staff: PageStaff,
+    db_session: DbSession,
+    form: CheckedForm,
 ) -> Response:
     return _session_action("cancel", session_id, rt, staff, db_session)

@@ -142,4 +142,4 @@ def patient_names(db_session: Session, ids: Collection[int | None]) -> dict[int,
     if not wanted:
         return {}
     rows = db_session.execute(select(Patient.id, Patient.name).where(Patient.id.in_(wanted)))
-    return {i: name for i, name in rows}
+    return {row.id: row.name for row in rows}

@@ -17,15 +17,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from aftercare.reminders import delivery
+from aftercare.clock import FixedClock
+from aftercare.inbound.service import Replies, receive_sms
+from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
 from aftercare.reminders.status import apply_status
 from aftercare.runtime import Runtime
@@ -47,10 +49,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1024, "height": 768}
+# A clinic in the UK: dates and times in the browser's own controls read as they would there.
+CONTEXT = {"viewport": VIEWPORT, "locale": "en-GB", "timezone_id": "Europe/London"}
 ARTIFACTS = REPO / "test-artifacts" / "screenshots"
 DOCS = REPO / "docs" / "screenshots"
 ADMIN_EMAIL = "sam.nurse@riverside.example"
 ADMIN_PASSWORD = "a long password for the browser tests"
+# The app's clock: a weekday morning, so screenshots are the same on every run and no message
+# is held by quiet hours while the test looks at it.
+NOW = datetime(2026, 3, 10, 10, 15, tzinfo=UTC)
 
 
 @dataclass
@@ -62,40 +69,61 @@ class LiveApp:
         return self.base_url + path
 
 
-def _seed_history(rt: Runtime) -> None:
-    """A patient treated three days ago whose messages went out through the real pipeline
-    (outbox transports), with delivery reports: most delivered, one SMS undelivered."""
-    now = rt.clock.now()
-    treated = now - timedelta(hours=73)
+def _seed_history(rt: Runtime, clock: FixedClock) -> None:
+    """A patient treated three days before NOW whose messages went out through the real
+    pipeline (outbox transports) as their times came, with delivery reports (the warning-signs
+    SMS undelivered), and who has just replied with a warning sign."""
+    clock.set(NOW - timedelta(days=3, hours=1))
     enrol(
         rt,
-        now=treated,
         name="Margaret Oduya",
         phone="07912 345678",
         email="m.oduya@example.org",
-        treated_at=treated.isoformat(),
+        treated_at=clock.now().isoformat(),
     )
     deps = rt.delivery_deps()
-    with rt.db.session() as s:
-        ids = claim_due(s, now=now, limit=100)
-    for reminder_id in ids:
-        delivery.deliver(deps=deps, reminder_id=reminder_id)
-    with rt.db.session() as s:
-        provider_ids = s.scalars(
-            select(DeliveryAttempt.provider_id)
-            .join(Reminder, Reminder.id == DeliveryAttempt.reminder_id)
-            .where(DeliveryAttempt.provider_id.is_not(None))
-            .order_by(Reminder.due_at, Reminder.id)
-        ).all()
-        for index, provider_id in enumerate(provider_ids):
-            failed = index == 3
-            apply_status(
-                db_session=s,
-                provider_id=str(provider_id),
-                status="undelivered" if failed else "delivered",
-                error_code="30003" if failed else None,
-                now=now,
+    while True:
+        with rt.db.session() as s:
+            due = s.scalar(
+                select(func.min(Reminder.due_at)).where(Reminder.state == states.SCHEDULED)
             )
+        if due is None or due > NOW:
+            break
+        clock.set(due)
+        with rt.db.session() as s:
+            ids = claim_due(s, now=due, limit=100)
+        for reminder_id in ids:
+            delivery.deliver(deps=deps, reminder_id=reminder_id)
+        with rt.db.session() as s:
+            for attempt, reminder in s.execute(
+                select(DeliveryAttempt, Reminder)
+                .join(Reminder, Reminder.id == DeliveryAttempt.reminder_id)
+                .where(Reminder.id.in_(ids), DeliveryAttempt.provider_id.is_not(None))
+            ).all():
+                failed = (reminder.step, reminder.channel) == ("warning-signs", "sms")
+                apply_status(
+                    db_session=s,
+                    provider_id=str(attempt.provider_id),
+                    status="undelivered" if failed else "delivered",
+                    error_code="30003" if failed else None,
+                    now=due + timedelta(minutes=1),
+                )
+    clock.set(NOW - timedelta(minutes=40))
+    replies = Replies(
+        renderer=rt.renderer,
+        clinic_name=rt.settings.clinic_name,
+        clinic_phone=rt.settings.clinic_phone,
+    )
+    with rt.db.session() as s:
+        receive_sms(
+            db_session=s,
+            sid="SM" + "0" * 32,
+            from_number="+447912345678",
+            body="My calf has been painful and warm since last night, is that normal?",
+            now=clock.now(),
+            replies=replies,
+        )
+    clock.set(NOW)
 
 
 def _free_socket() -> socket.socket:
@@ -107,11 +135,13 @@ def _free_socket() -> socket.socket:
 
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
-    """The real app (system clock, SQLite in a temporary folder) served by uvicorn."""
+    """The real app (a fixed clock, SQLite in a temporary folder) served by uvicorn."""
     tmp = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{tmp / 'aftercare.sqlite3'}"
     upgrade(url)
     rt = Runtime(make_settings(tmp, database_url=url))
+    clock = FixedClock(NOW)
+    rt.clock = clock
     with rt.db.session() as s:
         create_staff(
             db_session=s,
@@ -121,7 +151,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             role="admin",
             name="Sam Okafor",
         )
-    _seed_history(rt)
+    _seed_history(rt, clock)
     sock = _free_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -157,7 +187,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A page without JavaScript: every staff page must work like this."""
-    context = browser.new_context(viewport=VIEWPORT, java_script_enabled=False)
+    context = browser.new_context(**CONTEXT, java_script_enabled=False)
     context.set_default_timeout(10_000)
     yield context.new_page()
     context.close()
@@ -165,7 +195,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 @pytest.fixture
 def js_page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=VIEWPORT)
+    context = browser.new_context(**CONTEXT)
     context.set_default_timeout(10_000)
     yield context.new_page()
     context.close()

@@ -26,8 +26,17 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     expect(page.get_by_role("alert")).to_contain_text("Wrong email or password")
 
     log_in(page, live_app)
-    expect(page.get_by_text("urgent flags to call back")).to_be_visible()
+    expect(page.locator(".stat.alert")).to_contain_text("urgent flag to call back")
     screenshot(page, "02-dashboard", docs=True)
+
+    page.get_by_role("link", name="Margaret Oduya").first.click()
+    timeline = page.locator("table.timeline").first
+    expect(timeline).to_contain_text("Delivered")
+    expect(timeline).to_contain_text("Failed")
+    expect(timeline).to_contain_text("error 30003")
+    session_anchor = page.locator("section.session").first.get_attribute("id")
+    page.goto(f"{page.url.split('#')[0]}#{session_anchor}")
+    screenshot(page, "03-timeline", docs=True)
 
     page.get_by_role("link", name="Record a session").first.click()
     expect(page.get_by_role("heading", name="Record a session")).to_be_visible()
@@ -43,7 +52,7 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     summary = page.get_by_role("alert").filter(has_text="Please check")
     expect(summary).to_contain_text("Confirm all four contraindication checks")
     expect(summary).to_contain_text("Confirm that the patient agrees")
-    screenshot(page, "03-record-errors")
+    screenshot(page, "04-record-errors")
 
     for check in (
         "No history of deep vein thrombosis",
@@ -59,20 +68,20 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     expect(preview).to_contain_text("End of continuous wear (72 hours)")
     expect(preview).to_contain_text("Put your stockings on for the day (7 of 7)")
     expect(page.get_by_label("Patient name")).to_have_value(PATIENT)
-    screenshot(page, "04-record-preview", docs=True)
+    screenshot(page, "05-record-preview", docs=True)
 
     page.get_by_role("button", name="Save and start reminders").click()
     expect(page.get_by_role("heading", name=PATIENT)).to_be_visible()
     expect(page.get_by_role("status")).to_contain_text("Session recorded")
     expect(page.get_by_role("table").first).to_contain_text("Welcome, continuous wear")
-    screenshot(page, "05-patient", docs=True)
+    screenshot(page, "06-patient", docs=True)
     patient_id = int(page.url.split("/patients/")[1].split("?")[0])
 
     page.get_by_role("button", name="Pause reminders").click()
     expect(page.get_by_role("status")).to_contain_text("Reminders paused")
     expect(page.locator(".session-head .badge")).to_have_text("Paused")
     expect(page.get_by_role("button", name="Resume reminders")).to_be_visible()
-    screenshot(page, "06-patient-paused")
+    screenshot(page, "07-patient-paused")
 
     with live_app.rt.db.session() as s:
         raise_flag(
@@ -85,8 +94,12 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     page.get_by_role("link", name=re.compile(r"^Flags")).click()
     card = page.locator("li.card").filter(has_text=PATIENT)
     expect(card).to_contain_text("Urgent reply")
-    expect(page.locator("li.card").first).to_contain_text(PATIENT)  # urgent first
-    screenshot(page, "07-flags", docs=True)
+    cards = page.locator("li.card")
+    expect(cards).to_have_count(3)
+    expect(cards.nth(0)).to_contain_text("Urgent reply")  # urgent first, then the oldest
+    expect(cards.nth(1)).to_contain_text("Urgent reply")
+    expect(cards.nth(2)).to_contain_text("Delivery failed")
+    screenshot(page, "08-flags", docs=True)
     card.get_by_label("Note (optional)").fill("Called back; advised NHS 111 and a scan today.")
     card.get_by_role("button", name=re.compile("^Resolve")).click()
     expect(page.get_by_role("status")).to_contain_text("Flag resolved")
@@ -98,7 +111,7 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     expect(table).to_contain_text("Paused a session")
     expect(table).to_contain_text("Recorded a session")
     expect(table).to_contain_text("Sam Okafor")
-    screenshot(page, "08-audit", docs=True)
+    screenshot(page, "09-audit", docs=True)
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("status")).to_contain_text("You have logged out")
@@ -120,4 +133,4 @@ def test_the_preview_refreshes_by_itself_when_javascript_is_on(
     js_page.get_by_label("Time zone").fill("Not/AZone")
     js_page.get_by_label("Time zone").dispatch_event("change")
     expect(preview).to_contain_text("is not an IANA time zone")
-    screenshot(js_page, "09-live-preview-error")
+    screenshot(js_page, "10-live-preview")

@@ -88,7 +88,13 @@ NAMES = [
     Value("bell", "Jane\x07 Doe", "control or invisible"),
     Value("delete", "Jane\x7f Doe", "control or invisible"),
     Value("private-use", "Jane \ue000Doe", "control or invisible"),
-    Value("lone-surrogate", RawJson('"Jane \\ud800Doe"'), "control or invisible", csv=False),
+    Value(
+        "lone-surrogate",
+        RawJson('"Jane \\ud800Doe"'),
+        "control or invisible",
+        api="unable to parse raw data as a unicode string",
+        csv=False,
+    ),
     Value("a-number", 42, "is required", api=NOT_A_STRING, csv=False),
     Value("a-list", ["Jane"], "is required", api=NOT_A_STRING, csv=False),
 ]
@@ -106,7 +112,7 @@ PHONES = [
     Value("too-short", "0791", NOT_VALID),
     Value("one-digit-short", "07911 12345", NOT_VALID),
     Value("one-digit-long", "07911 1234567", NOT_VALID),
-    Value("too-long", "+44 7911 123456 7890 1234", NOT_VALID),
+    Value("too-long", "+44 7911 123456 7890 1234", NOT_A_NUMBER),
     Value("longer-than-40", "0" * 41, NOT_A_NUMBER, api=TOO_LONG),
     Value("one-megabyte", "7" * MB, NOT_A_NUMBER, api=TOO_LONG, csv=False),
     Value("country-code-00", "+00 7911 123456", NOT_VALID),
@@ -157,7 +163,7 @@ EMAILS = [
     Value("reserved-domain", "jane@localhost", NOT_AN_EMAIL),
     Value("ip-literal", "jane@[127.0.0.1]", NOT_AN_EMAIL),
     Value("sql-injection", "x' OR '1'='1@example.org", NOT_AN_EMAIL),
-    Value("longer-than-254", "j" * 64 + "@" + "e" * 185 + ".org", NOT_AN_EMAIL, api=TOO_LONG),
+    Value("longer-than-254", "j" * 64 + "@" + "e" * 186 + ".org", NOT_AN_EMAIL, api=TOO_LONG),
     Value("one-megabyte", "j" * MB + "@example.org", NOT_AN_EMAIL, api=TOO_LONG, csv=False),
     Value("a-number", 12, "is required for email", api=NOT_A_STRING, csv=False),
 ]
@@ -194,7 +200,7 @@ INSTANTS = [
     Value("year-3000", "3000-01-01T00:00:00+00:00", "is out of range"),
     Value("two-days-ahead", "2026-03-04T10:30:00+00:00", "is more than a day in the future"),
     Value("older-than-the-regimen", "2025-01-01T10:00:00+00:00", "is older than the regimen"),
-    Value("epoch", "1970-01-01T00:00:00Z", "is out of range"),
+    Value("epoch", "1970-01-01T00:00:00Z", "is older than the regimen"),
     Value("trailing-nul", "2026-03-02T10:00:00+00:00\x00", NOT_ISO, csv=False),
     Value("rtl-override", f"2026-03-02T10:00:00+00:00{RTL_OVERRIDE}", NOT_ISO),
     Value("fullwidth-digits", "\uff12\uff10\uff12\uff16-03-02T10:00:00+00:00", NOT_ISO),
@@ -250,7 +256,7 @@ def enrolment_cases() -> list[Case]:
         Case("not-utf8", b"\xff\xfe{}", ("body",), ""),
         Case("a-list", b"[]", ("body",), "valid dictionary"),
         Case("a-string", b'"enrol Jane"', ("body",), "valid dictionary"),
-        Case("null", b"null", ("body",), "Field required"),
+        Case("null", b"null", ("body",), "valid dictionary"),
         Case("patient-missing", {"patient": ...}, patient, "Field required"),
         Case("patient-a-string", {"patient": "Jane Doe"}, patient, "valid dictionary"),
         Case("name-missing", {"patient.name": ...}, (*patient, "name"), "Field required"),
@@ -376,7 +382,7 @@ def enrolment_cases() -> list[Case]:
             "parameter-unknown",
             {"parameters": {"dose_ml": 3}},
             ("body", "parameters", "dose_ml"),
-            "unknown",
+            "is not a parameter of regimen",
         ),
         Case(
             "parameters-a-list",
@@ -601,6 +607,13 @@ _LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in ra
     "*l0", '"lol"'
 )
 
+# Nine levels of nine aliases: 387 million "lol"s if anything expanded them.
+_STEPS_OF_LAUGHS = (
+    'steps: [&l1 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"], '
+    + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(2, 10))
+    + "]\n"
+)
+
 # (id, file text, the key path named, a fragment of the reason)
 REGIMENS = [
     ("not-yaml", _regimen("name: A sample regimen", "name: [unclosed"), "<root>", "not valid YAML"),
@@ -613,18 +626,18 @@ REGIMENS = [
     ("billion-laughs", _LAUGHS, "l1", "unknown key"),
     (
         "billion-laughs-as-steps",
-        REGIMEN.split("steps:", maxsplit=1)[0] + _LAUGHS.replace("l9: &l9", "steps: &l9"),
-        "l1",
-        "unknown key",
+        REGIMEN.split("steps:", maxsplit=1)[0] + _STEPS_OF_LAUGHS,
+        "steps[0]",
+        "must be a mapping",
     ),
     ("recursive-anchor", "&a [*a]\n", "<root>", "must be a mapping"),
     (
         "recursive-steps",
-        _regimen("steps:\n", "steps: &s\n  - *s\n  - ").split("  - id: start")[0] + "\n",
+        REGIMEN.split("steps:", maxsplit=1)[0] + "steps: &s\n  - *s\n",
         "steps[0]",
         "must be a mapping",
     ),
-    ("deeply-nested", "[" * 20_000 + "]" * 20_000, "<root>", "nested too deeply"),
+    ("deeply-nested", "[" * 5_000 + "]" * 5_000, "<root>", "nested too deeply"),
     ("duplicate-key", _regimen("version: 1", "version: 1\nversion: 2"), "version", "duplicate key"),
     (
         "version-a-string",
@@ -647,7 +660,18 @@ REGIMENS = [
         "steps[0].title",
         "control or invisible",
     ),
-    ("steps-a-mapping", _regimen("steps:\n", "steps: {}\nx:\n"), "x", "unknown key"),
+    (
+        "steps-a-mapping",
+        REGIMEN.split("steps:", maxsplit=1)[0] + "steps: {start: 1}\n",
+        "steps",
+        "non-empty list",
+    ),
+    (
+        "unknown-top-level-key",
+        _regimen("version: 1", "version: 1\nadmin: true"),
+        "admin",
+        "unknown key",
+    ),
     (
         "critical-a-string",
         _regimen("critical: true", "critical: 'yes'"),
@@ -778,7 +802,7 @@ TEMPLATES = [
     ("range-just-over-the-limit", "{% for i in range(100001) %}{% endfor %}ok", "MAX_RANGE"),
     ("string-times-a-billion", "{{ 'x' * 10**9 }}", "repetition longer than"),
     ("list-times-a-billion", "{{ [1] * 10**9 }}", "repetition longer than"),
-    ("power-tower", "{{ 2 ** 10 ** 9 }}", "too large"),
+    ("power-tower", "{{ 2 ** (10 ** 9) }}", "too large"),
     ("lipsum-megabytes", "{{ lipsum(10**6) }}", "'lipsum' is undefined"),
     ("include-outside-the-folder", "{% include '../../../etc/passwd' %}", "template not found"),
     ("import-a-module", "{% import 'os' as os %}{{ os.system('id') }}", "template not found"),
@@ -795,10 +819,11 @@ TEMPLATES = [
 
 # Names that are text, not code: stored and shown as typed, never evaluated.
 INJECTION_NAMES = [
-    "{{ 7*7 }} Smith",
-    "{% raw %}Jane{% endraw %} Doe",
-    "{{ cycler.__init__.__globals__ }} Doe",
-    "Robert'); DROP TABLE patients;-- Tables",
-    "Jane <script>alert(1)</script> Doe",
-    "${7*7} #{7*7} Doe",
+    "{{7*7}} Smith",
+    "{%raw%}Jane{%endraw%} Doe",
+    "{{cycler.__init__.__globals__}} Doe",
+    "{#hidden#} Doe",
+    "Robert');DROP_TABLE_patients;-- Tables",
+    "<script>alert(1)</script> Doe",
+    "${7*7}#{7*7} Doe",
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, update
 
 from aftercare.reminders import states
@@ -64,6 +65,7 @@ SMS_STEPS = (
 TWILIO_FROM = "+447700900123"
 PUBLIC_URL = "https://clinic.example"
 
+SENDING_DUE = "Sending due task"
 SIGKILLED_CHILD = re.compile(r"exited with 'signal 9 \(SIGKILL\)'")
 
 
@@ -137,7 +139,7 @@ class Fleet:
         self, name: str = "worker", *, env: dict[str, str] | None = None, concurrency: int = 2
     ) -> subprocess.Popen[bytes]:
         """A prefork worker; returns once it is consuming."""
-        before = self.log(name).read_text() if self.log(name).exists() else ""
+        before = self._count(name, " ready.")
         proc = self.start(
             "worker",
             "--pool=prefork",
@@ -149,13 +151,25 @@ class Fleet:
 
         def ready() -> bool:
             assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-            return self.log(name).read_text().count(" ready.") > before.count(" ready.")
+            return self._count(name, " ready.") > before
 
         wait_for(ready, timeout=60, what=f"{name} to be ready")
         return proc
 
     def beat(self, name: str = "beat", *, env: dict[str, str] | None = None) -> None:
-        self.start("beat", name=name, env=env)
+        """Celery beat; returns once it has sent its first dispatch request."""
+        before = self._count(name, SENDING_DUE)
+        proc = self.start("beat", name=name, env=env)
+
+        def sending() -> bool:
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}"
+            return self._count(name, SENDING_DUE) > before
+
+        wait_for(sending, timeout=60, what=f"{name} to send its first task")
+
+    def _count(self, name: str, text: str) -> int:
+        path = self.log(name)
+        return path.read_text(errors="replace").count(text) if path.exists() else 0
 
     def dispatch(
         self, *, name: str = "dispatch", env: dict[str, str] | None = None
@@ -310,6 +324,16 @@ def states_of(stack: Stack, ids: Iterable[int]) -> dict[int, str]:
         return dict(rows.all())  # type: ignore[arg-type]
 
 
+def not_sent(stack: Stack, ids: Iterable[int]) -> dict[int, tuple[str, str | None, int]]:
+    """(state, reason, attempts) of the reminders among ``ids`` that are not sent: for failure
+    messages."""
+    return {
+        r.id: (r.state, r.reason, r.attempts)
+        for r in reminders(stack, ids)
+        if r.state not in (states.SENT, states.DELIVERED)
+    }
+
+
 def reminders(stack: Stack, ids: Iterable[int] | None = None) -> list[Reminder]:
     with stack.rt.db.session() as s:
         query = select(Reminder).order_by(Reminder.id)
@@ -377,22 +401,70 @@ def drive(
     idle: float = 1.5,
     between: Callable[[int], None] | None = None,
 ) -> int:
-    """Move the shared clock ``step`` at a time until no reminder is in flight.
+    """Move the shared clock ``step`` at a time until nothing due is left in flight.
 
     Each move happens only once the pipeline has settled, so recovery (which acts on work older
     than AFTERCARE_STALE_AFTER) only ever sees work that is really stuck. Returns the number of
     moves made.
     """
     for moves in range(max_moves + 1):
-        settle(stack, idle=idle)
-        counts = state_counts(stack)
-        if not any(counts.get(s, 0) for s in IN_FLIGHT):
+        if settle(stack, idle=idle):
             return moves
         if between is not None:
             between(moves)
         stack.clock.set(stack.clock.now() + step)
     left = {s: n for s, n in state_counts(stack).items() if s in IN_FLIGHT}
     raise AssertionError(f"still in flight after {max_moves} clock moves: {left}")
+
+
+def due_reminders(stack: Stack) -> list[int]:
+    """Every reminder that has fallen due by the stack's current time (skipped ones excepted)."""
+    with stack.rt.db.session() as s:
+        return list(
+            s.scalars(
+                select(Reminder.id).where(
+                    Reminder.state != states.SKIPPED, Reminder.due_at <= stack.clock.now()
+                )
+            )
+        )
+
+
+# Providers -----------------------------------------------------------------------------------
+
+
+class OutageTwilio(FakeTwilio):
+    """The fake Twilio, which answers every message with 503 while ``down`` is set."""
+
+    down = False
+
+    def _post(self, handler: Any, account: str) -> None:
+        if self.down:
+            with self._lock:
+                self._script.appendleft("503:20503")
+        super()._post(handler, account)
+
+
+@dataclass
+class SmtpRecorder:
+    """An aiosmtpd handler keeping every message it accepted."""
+
+    received: list[bytes] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(bytes(envelope.content))
+        return "250 2.0.0 Message accepted for delivery"
+
+
+class LoopbackSmtp(Controller):  # type: ignore[misc]
+    """aiosmtpd on 127.0.0.1, on a free port the OS picks."""
+
+    def __init__(self, handler: SmtpRecorder) -> None:
+        super().__init__(handler, hostname="127.0.0.1", port=0, server_hostname="mail.test")
+        self.recorder = handler
+
+    def _trigger_server(self) -> None:
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
 
 
 # What the providers received -----------------------------------------------------------------
