@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy aftercare
+	$(BIN)/bandit -q -r aftercare -ll
 	$(BIN)/aftercare check
 
 test: lint

@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
+
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.storage.models import Reminder
 from bench.context import Bench
 
 PARAMETERS = {"daily_days": 14, "checkin_week": 10}
@@ -36,7 +39,8 @@ def request(i: int, *, treated_at: datetime, zone: str, channels: Sequence[str])
 def template_session(
     rt: Runtime, *, zone: str, channels: Sequence[str] = ("sms", "email"), index: int = 0
 ) -> int:
-    """One session recorded through the real service (its plan is what clones copy)."""
+    """One session recorded through the real service (its plan is what clones copy). Its
+    reminders are parked (``cancelled``): the benchmark decides what falls due, and when."""
     now = datetime.now(UTC)
     valid = validate_request(
         request(index, treated_at=now - timedelta(hours=1), zone=zone, channels=channels),
@@ -45,12 +49,17 @@ def template_session(
         now=now,
     )
     with rt.db.session() as db_session:
-        return record_session(db_session=db_session, valid=valid, now=now).id
+        session_id = record_session(db_session=db_session, valid=valid, now=now).id
+        db_session.execute(
+            update(Reminder).where(Reminder.session_id == session_id).values(state="cancelled")
+        )
+    return session_id
 
 
 def clone_sessions(bench: Bench, template_id: int, count: int, *, first: int = 1) -> list[int]:
-    """``count`` copies of a session (patient, session and every reminder), each patient with
-    its own number, address and public id; returns the new session ids."""
+    """``count`` copies of a session (patient, session and every reminder, parked like the
+    template's), each patient with its own number, address and public id; returns the new
+    session ids."""
     tag = secrets.token_hex(4)
     with bench.pg.connect() as conn:
         patient_ids = [

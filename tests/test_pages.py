@@ -422,7 +422,8 @@ def test_save_records_the_session_and_opens_the_patients_timeline(pages: Pages) 
     session = pages.session(session_id)
     assert session.parameters == {"daily_days": 7, "checkin_week": 12, "garment": "lower-leg"}
     assert session.created_by_id == pages.nurse_id
-    assert session.consent and session.contraindications_checked
+    assert session.consent
+    assert session.contraindications_checked
     with pages.rt.db.session() as s:
         event = s.scalars(select(AuditEvent)).one()
     assert (event.action, event.actor_id, event.patient_id) == ("enrol", pages.nurse_id, 1)

@@ -103,6 +103,14 @@ class _Prepared:
     channel: str
     due_at: datetime
     message: Message
+    # The reminder's updated_at as this worker last set it: its claim on the 'sending' row.
+    claimed_at: datetime
+
+
+# Recovery takes over 'sending' reminders untouched for AFTERCARE_STALE_AFTER (minutes). A batch
+# behind a slow provider (20 s read timeouts, rate-limit waits) can outlive that, so once this
+# long has passed since the claim each send first renews it, or finds it taken over and skips.
+RENEW_AFTER = timedelta(seconds=10)
 
 
 def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
@@ -164,12 +172,16 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
                     channel=reminder.channel,
                     due_at=reminder.due_at,
                     message=message,
+                    claimed_at=now,
                 )
             )
     # Committed: from here a crash leaves 'sending' reminders with pending attempts.
     sent: list[tuple[_Prepared, SendResult]] = []
     for item in prepared:
         transport = deps.transports[item.channel]
+        if not _still_ours(deps, item):
+            outcomes[item.reminder_id] = "taken-over"
+            continue
         crash_point("before_send")
         try:
             result = transport.send(item.message)
@@ -199,6 +211,33 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     for item, _ in sent:
         outcomes[item.reminder_id] = states.SENT
     return [outcomes[i] for i in reminder_ids]
+
+
+def _still_ours(deps: Deps, item: _Prepared) -> bool:
+    """True if this worker may still send ``item``; renews its claim when it has grown old.
+
+    A guarded UPDATE against recovery's takeover (:func:`~aftercare.reminders.dispatch.
+    stale_sending`), which changes ``updated_at``: whichever comes first wins, the other sees it.
+    """
+    now = deps.clock.now()
+    if now - item.claimed_at < RENEW_AFTER:
+        return True
+    with deps.db.session() as db_session:
+        renewed = db_session.execute(
+            update(Reminder)
+            .where(
+                Reminder.id == item.reminder_id,
+                Reminder.state == states.SENDING,
+                Reminder.updated_at == item.claimed_at,
+            )
+            .values(updated_at=now)
+            .returning(Reminder.id)
+        ).first()
+    if renewed is None:
+        log.warning("reminder %s was taken over by recovery; not sending it", item.reminder_id)
+        return False
+    item.claimed_at = now
+    return True
 
 
 def _load_many(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aftercare.clock import Clock
@@ -130,13 +130,20 @@ def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) 
 
 
 def stale_sending(*, db: Database, clock: Clock, stale_after: timedelta) -> list[int]:
-    """Reminders left in ``sending`` (a worker died mid-send); they need reconciling."""
+    """Take over reminders left in ``sending`` (a worker died mid-send); they need reconciling.
+
+    Taking over touches ``updated_at`` in the same guarded UPDATE that finds them stale, so a
+    worker that is alive but slow (its batch behind a hanging provider) sees it and skips them
+    instead of sending what recovery may send again (see ``delivery._still_ours``).
+    """
     now = clock.now()
     with db.session() as db_session:
         return list(
             db_session.scalars(
-                select(Reminder.id).where(
-                    Reminder.state == states.SENDING, Reminder.updated_at < now - stale_after
-                )
+                update(Reminder)
+                .where(Reminder.state == states.SENDING, Reminder.updated_at < now - stale_after)
+                .values(updated_at=now)
+                .returning(Reminder.id)
+                .execution_options(synchronize_session=False)
             )
         )

@@ -1,9 +1,10 @@
 """Routes: the staff pages (server-rendered, usable without JavaScript).
 
 Each area is its own module: ``pages_auth`` (login, logout), ``pages_home`` (dashboard, patient
-search, flags, audit log), ``pages_enrol`` (record a session), ``pages_patient`` (the patient's
-timeline and its actions). Shared rendering lives in ``pages_common``; logins, CSRF and the
-login rate limit in ``web_auth``.
+search, flags, audit log), ``pages_enrol`` (record a session; its form in ``pages_enrol_form``),
+``pages_patient`` (the patient's timeline and its actions; the timeline in ``pages_timeline``).
+Shared rendering lives in ``pages_common``, how a regimen reads in ``pages_regimen``, read-only
+look-ups in ``pages_queries``; logins, CSRF and the login rate limit in ``web_auth``.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ def _flags_page(
     db_session: DbSession,
     *,
     message: str = "",
+    problem: str = "",
     errors: dict[int, str] | None = None,
     notes: dict[int, str] | None = None,
     status_code: int = status.HTTP_200_OK,
@@ -96,6 +97,7 @@ def _flags_page(
         flags=queries.flags_with_patients(db_session),
         zone=ZoneInfo(rt.settings.default_timezone),
         message=message,
+        problem=problem,
         errors=errors or {},
         notes=notes or {},
     )
@@ -144,7 +146,7 @@ def resolve_flag(
             rt,
             staff,
             db_session,
-            message="That flag had already been resolved, perhaps by a colleague.",
+            problem="That flag had already been resolved, perhaps by a colleague.",
             status_code=status.HTTP_409_CONFLICT,
         )
     back = safe_next(field(form, "next", limit=500), "/flags")

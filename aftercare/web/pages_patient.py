@@ -4,8 +4,7 @@ edit contact details and to pause, resume or cancel a session."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Annotated, Final
 from zoneinfo import ZoneInfo
 
@@ -19,25 +18,13 @@ from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions
 from aftercare.sessions.validation import FieldError, ValidationFailed
-from aftercare.storage.models import (
-    DeliveryAttempt,
-    InboundMessage,
-    Patient,
-    Reminder,
-    TreatmentSession,
-)
+from aftercare.storage.models import Patient
 from aftercare.web import pages_queries as queries
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import (
-    PageRoute,
-    error_text,
-    notice,
-    redirect,
-    render,
-    short_when,
-)
-from aftercare.web.pages_enrol import param_summary, step_title, zone_names
+from aftercare.web.pages_common import PageRoute, error_text, notice, redirect, render
+from aftercare.web.pages_regimen import zone_names
+from aftercare.web.pages_timeline import session_view
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
 
@@ -63,79 +50,6 @@ REPLY_KINDS: Final = {
     "urgent": "Urgent",
     "unrecognised": "Reply",
 }
-WAITING: Final = frozenset({states.SCHEDULED, states.QUEUED, states.PAUSED})
-
-
-@dataclass(frozen=True)
-class Row:
-    """One reminder as the timeline shows it."""
-
-    due: datetime
-    title: str
-    channel: str
-    state: str
-    detail: str
-    critical: bool
-
-
-@dataclass
-class SessionView:
-    session: TreatmentSession
-    regimen_name: str
-    settings: list[str] = field(default_factory=list)
-    done: list[Row] = field(default_factory=list)
-    upcoming: list[Row] = field(default_factory=list)
-    replies: Sequence[InboundMessage] = ()
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _detail(reminder: Reminder, attempts: list[DeliveryAttempt], zone: ZoneInfo) -> str:
-    """Why the reminder is where it is: attempts, error codes, reasons (never patient data)."""
-    parts: list[str] = []
-    if reminder.sent_at is not None and reminder.state in {states.SENT, states.DELIVERED}:
-        sent, due = reminder.sent_at.astimezone(zone), reminder.due_at.astimezone(zone)
-        parts.append(
-            f"sent {sent:%H:%M}" if sent.date() == due.date() else f"sent {short_when(sent, zone)}"
-        )
-    codes = [a.error_code for a in attempts if a.error_code]
-    if codes and codes[-1] not in (reminder.reason or ""):
-        parts.append(f"error {codes[-1]}")
-    if len(attempts) > 1:
-        parts.append(f"{len(attempts)} attempts")
-    if reminder.reason and reminder.state not in {states.SENT, states.DELIVERED}:
-        parts.append(reminder.reason)
-    return "; ".join(parts)
-
-
-def session_view(
-    db_session: Session, session: TreatmentSession, regimen: Regimen | None
-) -> SessionView:
-    zone = ZoneInfo(session.timezone)
-    reminders = actions.session_reminders(db_session=db_session, session_id=session.id)
-    attempts = actions.session_attempts(db_session=db_session, session_id=session.id)
-    counts: dict[str, int] = {}
-    totals: dict[str, int] = {}
-    for r in reminders:
-        totals[r.step] = max(totals.get(r.step, 0), r.occurrence + 1)
-        counts[r.state] = counts.get(r.state, 0) + 1
-    view = SessionView(
-        session=session,
-        regimen_name=regimen.name if regimen else session.regimen_id,
-        settings=param_summary(regimen, dict(session.parameters)),
-        replies=actions.session_replies(db_session=db_session, session_id=session.id),
-        counts=counts,
-    )
-    for r in reminders:
-        row = Row(
-            due=r.due_at,
-            title=step_title(regimen, r.step, r.occurrence, totals),
-            channel=r.channel,
-            state=r.state,
-            detail=_detail(r, attempts.get(r.id, []), zone),
-            critical=r.critical,
-        )
-        (view.upcoming if r.state in WAITING else view.done).append(row)
-    return view
 
 
 @dataclass
@@ -174,6 +88,7 @@ def _patient_page(
     patient: Patient,
     *,
     message: str = "",
+    problem: str = "",
     contact: ContactForm | None = None,
     errors: Sequence[FieldError] = (),
     status_code: int = status.HTTP_200_OK,
@@ -204,6 +119,7 @@ def _patient_page(
         edit_open=bool(errors),
         zones=zone_names(),
         message=message,
+        problem=problem,
         upcoming_shown=UPCOMING_SHOWN,
         reply_kinds=REPLY_KINDS,
     )
@@ -269,7 +185,7 @@ def _conflict(
         staff,
         db_session,
         patient,
-        message=f"Nothing was changed: {exc}. The page below shows how things stand now.",
+        problem=f"Nothing was changed: {exc}. The page below shows how things stand now.",
         status_code=status.HTTP_409_CONFLICT,
     )
 

@@ -111,8 +111,8 @@ def _burst(
 
 def run(bench: Bench) -> list[Row]:
     bench.truncate()
-    n_unlimited = bench.size(100_000, 1_500)
-    n_limited = bench.size(120, 30)
+    n_unlimited = bench.size(100_000, 1_000)
+    n_limited = bench.size(120, 20)
     cap = bench.size(45.0, 20.0)
     template = template_session(bench.rt, zone=bench.zone)
     burst_sessions = clone_sessions(bench, template, math.ceil(n_unlimited / PER_SESSION))

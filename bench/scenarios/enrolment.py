@@ -357,7 +357,7 @@ def _available(module: str) -> bool:
 def run(bench: Bench) -> list[Row]:
     bench.truncate()
     n = bench.size(400, 80)
-    cap = bench.size(5.0, 1.5)
+    cap = bench.size(3.0, 1.5)
     rates: dict[str, list[float]] = {
         k: []
         for k in ("service_pg", "raw_pg", "service_sqlite", "raw_sqlite", "api_pg", "api_sqlite")

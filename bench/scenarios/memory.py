@@ -117,7 +117,14 @@ def _publish_etas(bench: Bench, items: list[tuple[int, datetime]]) -> float:
 
 
 def naive_run(
-    bench: Bench, *, n: int, probes: int, window: float, probe_eta: float, label: str
+    bench: Bench,
+    *,
+    n: int,
+    probes: int,
+    window: float,
+    probe_eta: float,
+    visibility: float,
+    label: str,
 ) -> dict[str, Any]:
     """The naive worker for ``window`` seconds with ``n`` tasks due 30-90 days ahead, or with
     ``probes`` tasks due ``probe_eta`` seconds after publishing."""
@@ -130,7 +137,7 @@ def naive_run(
         items = [(i, now + timedelta(seconds=probe_eta)) for i in range(probes)]
     publish_seconds = _publish_etas(bench, items)
     env = bench.env()
-    env.update(BENCH_BROKER_URL=bench.redis.url, BENCH_VISIBILITY_TIMEOUT="10")
+    env.update(BENCH_BROKER_URL=bench.redis.url, BENCH_VISIBILITY_TIMEOUT=str(visibility))
     worker = bench.procs.start(
         label,
         [
@@ -179,8 +186,11 @@ def run(bench: Bench) -> list[Row]:
     bench.redis.flush()
     n = bench.size(100_000, 10_000)
     window = bench.size(6.0, 3.0)
-    naive_window = bench.size(25.0, 12.0)
+    naive_window = bench.size(25.0, 8.0)
     probes = bench.size(100, 50)
+    # Due after one visibility timeout: each is handed out again once before it runs.
+    visibility = bench.size(10.0, 4.0)
+    probe_eta = visibility + bench.size(4.0, 2.0)
     peaks: dict[str, list[dict[str, int]]] = {"empty": [], "future": []}
     for rep in range(bench.reps):
         log(f"memory {rep + 1}/{bench.reps}: Aftercare worker + beat, no reminders")
@@ -193,15 +203,38 @@ def run(bench: Bench) -> list[Row]:
     bench.truncate()
     naive: dict[str, list[dict[str, Any]]] = {"probes": [], "future": []}
     for rep in range(bench.reps):
-        log(f"memory {rep + 1}/{bench.reps}: naive worker, {probes} tasks due in 14 s")
+        log(f"memory {rep + 1}/{bench.reps}: naive worker, {probes} tasks due in {probe_eta:.0f} s")
         naive["probes"].append(
-            naive_run(bench, n=0, probes=probes, window=18.0, probe_eta=14.0, label="naive-probe")
+            naive_run(
+                bench,
+                n=0,
+                probes=probes,
+                window=probe_eta + 4,
+                probe_eta=probe_eta,
+                visibility=visibility,
+                label="naive-probe",
+            )
         )
         log(f"memory {rep + 1}/{bench.reps}: naive worker, {n:,} ETA tasks 30-90 days ahead")
         naive["future"].append(
-            naive_run(bench, n=n, probes=0, window=naive_window, probe_eta=0, label="naive-n")
+            naive_run(
+                bench,
+                n=n,
+                probes=0,
+                window=naive_window,
+                probe_eta=0,
+                visibility=visibility,
+                label="naive-n",
+            )
         )
-    bench.raw[NAME] = {"aftercare": peaks, "size": size, "naive": naive, "n": n}
+    bench.raw[NAME] = {
+        "aftercare": peaks,
+        "size": size,
+        "naive": naive,
+        "n": n,
+        "visibility_timeout": visibility,
+        "probe_eta": probe_eta,
+    }
     return _rows(bench, peaks, size, naive, n, probes)
 
 
@@ -283,7 +316,7 @@ def _rows(
         "duplicate sends (Aftercare: delivery + burst scenarios)",
         "",
         summary([ours_dup]) if measured else None,
-        f"naive: extra executions of {probes} tasks due in 14 s",
+        f"naive: extra executions of {probes} tasks due after 1 visibility timeout",
         summary(theirs_dup),
         target="0",
         note="" if measured else "n/a: run with delivery or burst",

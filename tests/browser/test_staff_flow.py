@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from aftercare.flags.service import raise_flag
 from tests.browser.conftest import LiveApp, log_in, screenshot
@@ -134,3 +134,47 @@ def test_the_preview_refreshes_by_itself_when_javascript_is_on(
     js_page.get_by_label("Time zone").dispatch_event("change")
     expect(preview).to_contain_text("is not an IANA time zone")
     screenshot(js_page, "10-live-preview")
+
+
+def test_pages_fit_a_tablet_held_upright(browser: Browser, live_app: LiveApp) -> None:
+    context = browser.new_context(
+        viewport={"width": 768, "height": 1024}, locale="en-GB", java_script_enabled=False
+    )
+    page = context.new_page()
+    try:
+        log_in(page, live_app)
+        for path, name in (
+            ("/sessions/new", "11-tablet-record"),
+            ("/patients/1", "12-tablet-patient"),
+            ("/flags", "13-tablet-flags"),
+        ):
+            page.goto(live_app.url(path))
+            # Nothing wider than the screen: no sideways scrolling of the page itself.
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 768, f"{path} is {width}px wide"
+            screenshot(page, name)
+    finally:
+        context.close()
+
+
+def test_keyboard_alone_logs_in_and_reaches_the_main_content(page: Page, live_app: LiveApp) -> None:
+    page.goto(live_app.url("/login"))
+    page.keyboard.press("Tab")  # the skip link comes first
+    expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name=re.compile("Riverside Vein Clinic"))).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Email")).to_be_focused()
+    page.keyboard.type("sam.nurse@riverside.example")
+    page.keyboard.press("Tab")
+    page.keyboard.type("a long password for the browser tests")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Today", level=1)).to_be_visible()
+
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # skip the menu
+    expect(page).to_have_url(re.compile(r"#main$"))
+    page.keyboard.press("Tab")
+    focused = page.get_by_role("link", name="Record a session").last
+    expect(focused).to_be_focused()
+    screenshot(page, "14-keyboard-focus")

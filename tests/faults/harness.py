@@ -69,6 +69,16 @@ SENDING_DUE = "Sending due task"
 SIGKILLED_CHILD = re.compile(r"exited with 'signal 9 \(SIGKILL\)'")
 
 
+_TRACE = os.environ.get("AFTERCARE_FAULTS_TRACE") == "1"
+_STARTED = time.monotonic()
+
+
+def trace(event: str) -> None:
+    """With AFTERCARE_FAULTS_TRACE=1 (and pytest -s), print what the harness waits for."""
+    if _TRACE:
+        print(f"[faults {time.monotonic() - _STARTED:7.1f}s] {event}", file=sys.stderr)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -154,6 +164,7 @@ class Fleet:
             return self._count(name, " ready.") > before
 
         wait_for(ready, timeout=60, what=f"{name} to be ready")
+        trace(f"{name} ready")
         return proc
 
     def beat(self, name: str = "beat", *, env: dict[str, str] | None = None) -> None:
@@ -166,6 +177,7 @@ class Fleet:
             return self._count(name, SENDING_DUE) > before
 
         wait_for(sending, timeout=60, what=f"{name} to send its first task")
+        trace(f"{name} running")
 
     def _count(self, name: str, text: str) -> int:
         path = self.log(name)
@@ -378,16 +390,19 @@ def _progress(stack: Stack) -> tuple[object, ...]:
 def settle(stack: Stack, *, idle: float = 1.5, timeout: float = 45.0) -> bool:
     """Wait until nothing due is left in flight (True), or nothing has moved for ``idle``
     seconds (False: what is left is stuck and waits for recovery)."""
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
     last, since = _progress(stack), time.monotonic()
     while True:
         if _due_in_flight(stack) == 0:
+            trace(f"settled in {time.monotonic() - began:.1f}s")
             return True
         time.sleep(0.1)
         now = _progress(stack)
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= idle:
+            trace(f"stuck after {time.monotonic() - began:.1f}s: {state_counts(stack)}")
             return False
         if time.monotonic() > deadline:
             raise AssertionError(f"the pipeline kept moving for {timeout:.0f}s without settling")

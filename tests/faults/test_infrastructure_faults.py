@@ -8,6 +8,7 @@ clock; time-based recovery is reached by moving the clock.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -342,7 +343,7 @@ def test_smtp_and_twilio_down_for_ten_minutes_then_everything_goes_once(
     for reminder_id, started in tries:
         by_reminder.setdefault(reminder_id, []).append(started - start)
     for offsets in by_reminder.values():
-        gaps = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(offsets)]
         for n, gap in enumerate(gaps, start=1):
             assert gap >= timedelta(seconds=15 * 2 ** (n - 1)), offsets
     assert max(len(o) for o in by_reminder.values()) >= 4

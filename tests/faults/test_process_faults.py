@@ -11,6 +11,8 @@ is older than AFTERCARE_STALE_AFTER, which the test reaches by moving the clock,
 from __future__ import annotations
 
 import json
+import os
+import random
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -18,17 +20,20 @@ import pytest
 import redis
 from celery import Celery
 
-from aftercare.reminders import dispatch, states
+from aftercare import faults
+from aftercare.reminders import dispatch, retry, states
 from aftercare.worker.celeryconfig import SEND_QUEUE
 from tests.fakes.twilio import FakeTwilio
 from tests.faults.conftest import Recorder
 from tests.faults.harness import (
+    PAST_STALE,
     SMS_STEPS,
     Fleet,
     broker_send_ids,
     drive,
     enrol_many,
     make_burst,
+    not_sent,
     outbox_sends,
     state_counts,
     states_of,
@@ -46,6 +51,30 @@ CRASHES = {
     "after_send": ("worker killed after the provider accepted", "after_send=0.05"),
     "after_record": ("worker killed after storing the result", "after_record=0.15"),
 }
+
+
+def _draws_in_forked_children(rng: random.Random, children: int = 2) -> list[float]:
+    draws = []
+    for _ in range(children):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one draw, then exit without running pytest's teardown
+            os.write(write, repr(rng.random()).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        draws.append(float(os.read(read, 64)))
+        os.close(read)
+    return draws
+
+
+@pytest.mark.parametrize("rng", [faults._rng, retry._rng], ids=["crash-points", "retry-jitter"])
+def test_every_forked_pool_child_draws_its_own_random_numbers(rng: random.Random) -> None:
+    """Prefork children inherit their parent's generator: unless it is reseeded at fork, every
+    child replacing a crashed one crashes at the same point again (and every worker process
+    jitters its retries identically)."""
+    first, second = _draws_in_forked_children(rng)
+    assert first != second
 
 
 @pytest.mark.parametrize("point", list(CRASHES))
@@ -102,6 +131,44 @@ def test_worker_process_group_sigkilled_mid_run_then_replaced(
     )
     assert result.duplicates == 0
     assert result.lost == 0
+    assert result.unwanted == 0
+    assert set(states_of(fault_stack, burst).values()) == {states.SENT}
+
+
+def test_provider_timing_out_after_accepting_while_a_batch_outlives_stale_after(
+    fault_stack: Stack, fleet: Fleet, fault_table: Recorder
+) -> None:
+    """Twilio stores a message and then answers nothing (the client's read times out), drops
+    the connection after accepting, or loses the request. While a worker hangs on such a call
+    the rest of its batch waits in ``sending``; here the hang lasts past AFTERCARE_STALE_AFTER
+    (the clock moves while it hangs, as twenty 20-second read timeouts in one batch would), so
+    recovery reconciles those reminders while their worker is still alive and will get to them.
+    """
+    with FakeTwilio(clock=fault_stack.clock.now, hang_seconds=3.0) as fake:
+        fault_stack.env.update(twilio_env(fake), AFTERCARE_SEND_BATCH="5")
+        enrol_many(fault_stack, 4, channels=("sms",))
+        burst = make_burst(fault_stack, steps=SMS_STEPS)
+        fake.script(*(["ok"] * 9 + ["hang"] + ["ok"] * 5 + ["drop", "lost"]) * 3)
+        fleet.worker()
+        fleet.beat()
+        for hangs in (1, 2, 3):
+            wait_for(lambda n=hangs: fake.answers().count("hang") >= n, timeout=60, what="hang")
+            fault_stack.clock.set(fault_stack.clock.now() + PAST_STALE)
+
+        moves = 3 + drive(fault_stack)
+
+        sends = twilio_sends(fault_stack, ((m.sid or "", m.to, m.body) for m in fake.stored()))
+        faults = sum(1 for a in fake.answers() if a in ("hang", "drop", "lost"))
+    result = tally(expected=burst, sends=sends)
+    fault_table.record(
+        "provider times out after accepting / drops / loses requests; batch outlives "
+        "STALE_AFTER (Twilio)",
+        faults=faults,
+        tally=result,
+        clock_moves=moves,
+    )
+    assert result.duplicates == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert result.unwanted == 0
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
