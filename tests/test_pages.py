@@ -388,6 +388,7 @@ def test_preview_shows_the_timeline_in_the_patients_time_and_stores_nothing(
 
     assert response.status_code == 200
     page = text_of(response)
+    assert "46 messages from Mon 2 Mar 2026, 05:30 EST" in page  # recorded at 05:30
     assert "in the patient's time (America/New_York)" in page
     # 05:00 New York is 10:00 UTC; the 72-hour step is exact elapsed time, shown locally.
     assert "Thu 5 Mar, 05:00 End of continuous wear (72 hours) Email" in page

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+
 from sqlalchemy import func, select, update
 
 from aftercare.reminders import states

@@ -69,7 +69,9 @@ def clean_phone(value: object, loc: Loc, *, region: str = "GB") -> str:
     if len(value) > 40 or _has_control_chars(value):
         raise ValidationFailed([FieldError(loc, "is not a phone number")])
     if not _PHONE_CHARACTERS.match(value.strip()):
-        raise ValidationFailed([FieldError(loc, "may contain only digits, spaces and + ( ) . - /")])
+        raise ValidationFailed(
+            [FieldError(loc, "is not a phone number (only digits, spaces and + ( ) . - / allowed)")]
+        )
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
@@ -131,7 +133,7 @@ def clean_channels(value: object, loc: Loc) -> tuple[Channel, ...]:
 
 
 def clean_instant(value: object, loc: Loc) -> datetime:
-    """An ISO-8601 instant that carries a UTC offset."""
+    """An ISO-8601 instant that carries a UTC offset, in the years 1900 to 2999 (UTC)."""
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str) and value.strip():

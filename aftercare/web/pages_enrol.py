@@ -86,6 +86,7 @@ def _page(
         errors=by_field,
         summary=summary,
         rows=preview_rows(planned, regimen) if planned and regimen else [],
+        to_send=sum(1 for p in planned if p.state != "skipped"),
         zone=values.timezone if planned else "",
         previewed=previewed,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,17 @@ class Recorder:
     nodeid: str
 
     def record(
-        self, scenario: str, *, faults: int, tally: Tally | None = None, **extra: object
+        self,
+        scenario: str,
+        *,
+        faults: int,
+        tally: Tally | None = None,
+        delay: timedelta | None = None,
+        **extra: object,
     ) -> Row:
-        return self.table.record(scenario, faults=faults, tally=tally, nodeid=self.nodeid, **extra)
+        return self.table.record(
+            scenario, faults=faults, tally=tally, delay=delay, nodeid=self.nodeid, **extra
+        )
 
 
 @pytest.fixture

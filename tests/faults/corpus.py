@@ -103,7 +103,7 @@ NAMES = [
 NOT_A_NUMBER = "is not a phone number"
 NOT_VALID = "is not a valid phone number"
 NOT_MOBILE = "is not a mobile number"
-ONLY_DIGITS = "may contain only digits"
+ONLY_DIGITS = "is not a phone number (only digits, spaces and"
 PHONES = [
     Value("empty", "", "is required for SMS"),
     Value("spaces-only", "   ", "is required for SMS"),

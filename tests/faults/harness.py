@@ -120,6 +120,7 @@ class Fleet:
     stack: Stack
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _graveyard: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _starting: list[tuple[str, Callable[[], bool]]] = field(default_factory=list)
 
     def log(self, name: str) -> Path:
         return self.stack.logs / f"{name}.log"
@@ -146,38 +147,59 @@ class Fleet:
         return proc
 
     def worker(
-        self, name: str = "worker", *, env: dict[str, str] | None = None, concurrency: int = 2
-    ) -> subprocess.Popen[bytes]:
-        """A prefork worker; returns once it is consuming."""
-        before = self._count(name, " ready.")
-        proc = self.start(
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            f"--hostname={name}-{len(self._graveyard)}@%h",
-            name=name,
-            env=env,
+        self,
+        name: str = "worker",
+        *,
+        env: dict[str, str] | None = None,
+        concurrency: int = 2,
+        wait: bool = True,
+    ) -> None:
+        """A prefork worker; unless ``wait`` is False, returns once it is consuming."""
+        self._expect(
+            name,
+            " ready.",
+            [
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={concurrency}",
+                f"--hostname={name}-{len(self._graveyard)}@%h",
+            ],
+            env,
         )
+        if wait:
+            self.wait_ready()
 
-        def ready() -> bool:
+    def beat(
+        self, name: str = "beat", *, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
+        """Celery beat; unless ``wait`` is False, returns once it sent its first request."""
+        self._expect(name, SENDING_DUE, ["beat"], env)
+        if wait:
+            self.wait_ready()
+
+    def up(self, *, worker_env: dict[str, str] | None = None, beats: int = 1) -> None:
+        """A worker and ``beats`` beats, started together; returns once all are running."""
+        self.worker(env=worker_env, wait=False)
+        for index in range(beats):
+            self.beat("beat" if index == 0 else f"beat-{index}", wait=False)
+        self.wait_ready()
+
+    def _expect(self, name: str, sign: str, args: list[str], env: dict[str, str] | None) -> None:
+        before = self._count(name, sign)
+        proc = self.start(*args, name=name, env=env)
+
+        def running() -> bool:
             assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-            return self._count(name, " ready.") > before
+            return self._count(name, sign) > before
 
-        wait_for(ready, timeout=60, what=f"{name} to be ready")
-        trace(f"{name} ready")
-        return proc
+        self._starting.append((name, running))
 
-    def beat(self, name: str = "beat", *, env: dict[str, str] | None = None) -> None:
-        """Celery beat; returns once it has sent its first dispatch request."""
-        before = self._count(name, SENDING_DUE)
-        proc = self.start("beat", name=name, env=env)
-
-        def sending() -> bool:
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-            return self._count(name, SENDING_DUE) > before
-
-        wait_for(sending, timeout=60, what=f"{name} to send its first task")
-        trace(f"{name} running")
+    def wait_ready(self) -> None:
+        """Wait until every process started without waiting is up."""
+        for name, running in self._starting:
+            wait_for(running, timeout=60, what=f"{name} to start")
+            trace(f"{name} up")
+        self._starting.clear()
 
     def _count(self, name: str, text: str) -> int:
         path = self.log(name)
@@ -187,7 +209,9 @@ class Fleet:
         self, *, name: str = "dispatch", env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         """One ``aftercare dispatch`` run, started (not waited for)."""
-        return self._popen(["dispatch"], name=name, env=env)
+        proc = self._popen(["dispatch"], name=name, env=env)
+        self._graveyard.append(proc)
+        return proc
 
     def kill(self, name: str) -> None:
         """SIGKILL the process and every child it has (its whole process group)."""
@@ -203,18 +227,12 @@ class Fleet:
         return len(SIGKILLED_CHILD.findall(self.log(name).read_text(errors="replace")))
 
     def stop_all(self) -> None:
-        procs = list(self.procs.values())
-        for proc in procs:
-            _killpg(proc, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _killpg(proc, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # Pool children of SIGKILLed workers exit on their own; make sure of it.
-        for proc in [*procs, *self._graveyard]:
+        """SIGKILL everything started (whole process groups): nothing here needs a clean exit,
+        and a test's processes must never outlive it."""
+        for proc in [*self.procs.values(), *self._graveyard]:
             _killpg(proc, signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait(timeout=10)
         self.procs.clear()
 
 
@@ -346,6 +364,12 @@ def not_sent(stack: Stack, ids: Iterable[int]) -> dict[int, tuple[str, str | Non
     }
 
 
+def max_delay(stack: Stack, ids: Iterable[int], *, since: datetime) -> timedelta:
+    """How long after ``since`` (simulated time) the last of ``ids`` was sent."""
+    sent = [r.sent_at for r in reminders(stack, ids) if r.sent_at is not None]
+    return max(sent, default=since) - since
+
+
 def reminders(stack: Stack, ids: Iterable[int] | None = None) -> list[Reminder]:
     with stack.rt.db.session() as s:
         query = select(Reminder).order_by(Reminder.id)
@@ -387,7 +411,7 @@ def _progress(stack: Stack) -> tuple[object, ...]:
     return (attempts_made, by_state)
 
 
-def settle(stack: Stack, *, idle: float = 1.5, timeout: float = 45.0) -> bool:
+def settle(stack: Stack, *, idle: float = 1.0, timeout: float = 45.0) -> bool:
     """Wait until nothing due is left in flight (True), or nothing has moved for ``idle``
     seconds (False: what is left is stuck and waits for recovery)."""
     began = time.monotonic()
@@ -411,25 +435,37 @@ def settle(stack: Stack, *, idle: float = 1.5, timeout: float = 45.0) -> bool:
 def drive(
     stack: Stack,
     *,
+    watch: Collection[int] | None = None,
     step: timedelta = PAST_STALE,
     max_moves: int = 15,
-    idle: float = 1.5,
-    between: Callable[[int], None] | None = None,
+    idle: float = 1.0,
 ) -> int:
-    """Move the shared clock ``step`` at a time until nothing due is left in flight.
+    """Move the shared clock until nothing due is left in flight and none of ``watch`` waits.
 
-    Each move happens only once the pipeline has settled, so recovery (which acts on work older
-    than AFTERCARE_STALE_AFTER) only ever sees work that is really stuck. Returns the number of
-    moves made.
+    A move happens only once the pipeline has settled: past AFTERCARE_STALE_AFTER (``step``)
+    when work is stuck, so that recovery only ever takes work that really is stuck; or to the
+    next retry time when a watched reminder was put back on the schedule to retry later.
+    Returns the number of moves made.
     """
     for moves in range(max_moves + 1):
-        if settle(stack, idle=idle):
+        settled = settle(stack, idle=idle)
+        later = _next_due(stack, watch) if settled and watch is not None else None
+        if settled and later is None:
             return moves
-        if between is not None:
-            between(moves)
-        stack.clock.set(stack.clock.now() + step)
+        now = stack.clock.now()
+        stack.clock.set(max(later, now) if later is not None else now + step)
+        trace(f"clock moved to {stack.clock.now():%H:%M:%S}")
     left = {s: n for s, n in state_counts(stack).items() if s in IN_FLIGHT}
     raise AssertionError(f"still in flight after {max_moves} clock moves: {left}")
+
+
+def _next_due(stack: Stack, ids: Collection[int]) -> datetime | None:
+    with stack.rt.db.session() as s:
+        return s.scalar(
+            select(func.min(Reminder.due_at)).where(
+                Reminder.id.in_(list(ids)), Reminder.state.in_(IN_FLIGHT)
+            )
+        )
 
 
 def due_reminders(stack: Stack) -> list[int]:

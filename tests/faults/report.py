@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -94,11 +95,17 @@ class FaultTable:
         *,
         faults: int,
         tally: Tally | None = None,
+        delay: timedelta | None = None,
         nodeid: str = "",
         **extra: object,
     ) -> Row:
-        """Add one scenario's row; ``extra`` keyword arguments become extra columns."""
+        """Add one scenario's row; ``extra`` keyword arguments become extra columns.
+
+        ``delay``: the latest delivery after the reminders fell due, in simulated time.
+        """
         values: dict[str, object] = {"faults injected": faults}
+        if delay is not None:
+            values["max delay (simulated)"] = f"{delay.total_seconds() / 60:.1f} min"
         if tally is not None:
             values.update(tally.columns())
             if tally.withheld or tally.unwanted:

@@ -63,14 +63,14 @@ GOOD_BODY: dict[str, Any] = {
 
 @dataclass
 class World:
-    """One database (SQLite or PostgreSQL) with staff, one enrolled patient, the app and its
-    settings (a Twilio auth token, a public URL). Shared by a module's tests: none may change
-    anything, and each checks that it did not."""
+    """One database (SQLite or PostgreSQL) with a nurse, one enrolled patient, the app and its
+    settings (a Twilio auth token, a public URL), shared by the module's tests. A test of a
+    refusal takes ``unchanged``, which compares every table before and after it; the few tests
+    that store something (names that look like code) enrol patients of their own."""
 
     rt: Runtime
     client: TestClient
     patient_id: int
-    folder: Path
 
     def unchanged(self) -> Iterator[None]:
         before = table_snapshot(self.rt.db)
@@ -110,7 +110,7 @@ def world(
         )
         created = client.post("/api/v1/sessions", json=body)
         assert created.status_code == 201, created.text
-        yield World(rt, client, created.json()["patient_id"], folder)
+        yield World(rt, client, created.json()["patient_id"])
     if rt.db.is_postgres:
         _truncate(rt.db)
     rt.db.dispose()
@@ -371,7 +371,7 @@ CLI_ENROL = [
     ("treated-at", "9999-12-31T23:59:59-14:00", "treated-at: is out of range"),
     ("treated-at", "0001-01-01T00:00:00+00:00", "treated-at: is out of range"),
     ("treated-at", "2026-02-30T10:00:00+00:00", "treated-at: is not an ISO-8601"),
-    ("phone", "07911 ABC456", "phone: may contain only digits"),
+    ("phone", "07911 ABC456", "phone: is not a phone number (only digits"),
     ("phone", "09067 123456", "phone: is not a mobile number"),
     ("timezone", "../../etc/passwd", "timezone: '../../etc/passwd' is not an IANA time zone"),
     ("name", "Jane \u202eeoD", "name: contains control or invisible characters"),

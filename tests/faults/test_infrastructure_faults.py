@@ -36,6 +36,7 @@ from tests.faults.harness import (
     due_reminders,
     enrol_many,
     make_burst,
+    max_delay,
     not_sent,
     outbox_sends,
     reminders,
@@ -112,8 +113,7 @@ def test_redis_lost_with_everything_queued_and_again_mid_send(
     assert state_counts(stack)[states.QUEUED] == len(burst)
     private_redis.start()
 
-    fleet.worker()
-    fleet.beat()
+    fleet.up()
     settle(stack)
     # The lost messages are found in the database once stale, and sent; lose Redis again
     # while that is going on.
@@ -123,19 +123,20 @@ def test_redis_lost_with_everything_queued_and_again_mid_send(
     time.sleep(1.0)
     private_redis.start()
 
-    moves = drive(stack, max_moves=20)
-
     expected = due_reminders(stack)
+    moves = drive(stack, watch=expected, max_moves=20)
+
     result = tally(expected=expected, sends=outbox_sends(stack))
     fault_table.record(
         "Redis SIGKILLed (no persistence) with all work queued, and again mid-send",
         faults=private_redis.kills,
         tally=result,
+        delay=max_delay(stack, expected, since=TREATED),
         clock_moves=moves + 1,
         enrolled_while_down=len(enrolled),
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(stack, expected)
     assert set(burst) <= set(expected)
     assert set(states_of(stack, expected).values()) == {states.SENT}
 
@@ -161,10 +162,9 @@ def test_postgres_unreachable_mid_dispatch_loses_and_duplicates_nothing(
     fault_stack.env["AFTERCARE_DATABASE_URL"] = pg_url.replace(
         f"@{host_port}/", f"@127.0.0.1:{pg_proxy.port}/"
     )
-    enrol_many(fault_stack, 5)
+    enrol_many(fault_stack, 4)
     burst = make_burst(fault_stack)
-    fleet.worker()
-    fleet.beat()
+    fleet.up()
     cuts = 0
 
     def cut_when_sent(count: int) -> None:
@@ -182,17 +182,18 @@ def test_postgres_unreachable_mid_dispatch_loses_and_duplicates_nothing(
     fault_stack.clock.set(fault_stack.clock.now() + PAST_STALE)
     cut_when_sent(len(outbox_sends(fault_stack)) + 20)
 
-    moves = 1 + drive(fault_stack)
+    moves = 1 + drive(fault_stack, watch=burst)
 
     result = tally(expected=burst, sends=outbox_sends(fault_stack))
     fault_table.record(
         "PostgreSQL unreachable mid-dispatch (connections cut for 2 s)",
         faults=cuts,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
 
@@ -216,8 +217,7 @@ def test_clock_jumping_a_day_sends_what_is_still_useful_and_expires_the_rest(
             .values(state=states.SKIPPED, reason="sent before this scenario")
         )
     fault_stack.clock.set(FREEZE)
-    fleet.worker()
-    fleet.beat()
+    fleet.up()
     assert settle(fault_stack)
     jump = FREEZE + timedelta(days=1)
 
@@ -235,7 +235,7 @@ def test_clock_jumping_a_day_sends_what_is_still_useful_and_expires_the_rest(
         critical_sent_late=sum(1 for r in overdue if r.critical),
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, useful)
     assert result.unwanted == 0, "a stale message was sent"
     after = {r.id: r for r in reminders(fault_stack, [*useful, *stale])}
     assert {after[i].state for i in useful} == {states.SENT}
@@ -283,16 +283,16 @@ def test_smtp_and_twilio_down_for_ten_minutes_then_everything_goes_once(
             AFTERCARE_SMTP_URL=f"smtp://127.0.0.1:{smtp_proxy.port}?starttls=off&timeout=5",
             AFTERCARE_EMAIL_FROM="care@riverside.example",
         )
-        enrol_many(fault_stack, 4)
+        enrol_many(fault_stack, 3)
         burst = make_burst(fault_stack, steps=SMS_STEPS)
         start = fault_stack.clock.now()
         twilio.down = True
         smtp_proxy.stop()
-        fleet.worker()
-        fleet.beat()
+        fleet.up()
 
-        # Through the outage in 20-second steps (retry times are spread by jitter), then on
-        # from one retry time to the next once the providers are back.
+        # Through the outage in 30-second steps (finer than the shortest backoff, 15 s, would
+        # not change which attempt falls in which step much), then on to each next retry
+        # time, a minute at least, once the providers are back.
         steps = 0
         while True:
             settle(fault_stack)
@@ -311,7 +311,7 @@ def test_smtp_and_twilio_down_for_ten_minutes_then_everything_goes_once(
                     .limit(1)
                 )
             assert next_due is not None
-            step = timedelta(seconds=20) if twilio.down else timedelta(seconds=60)
+            step = timedelta(seconds=30) if twilio.down else timedelta(seconds=60)
             target = max(next_due, now + step)
             if twilio.down:
                 target = min(target, start + OUTAGE)
@@ -324,23 +324,29 @@ def test_smtp_and_twilio_down_for_ten_minutes_then_everything_goes_once(
     result = tally(expected=burst, sends=sends)
     with fault_stack.rt.db.session() as s:
         tries = s.execute(
-            select(DeliveryAttempt.reminder_id, DeliveryAttempt.started_at).order_by(
-                DeliveryAttempt.id
-            )
+            select(
+                DeliveryAttempt.reminder_id, DeliveryAttempt.started_at, DeliveryAttempt.outcome
+            ).order_by(DeliveryAttempt.id)
         ).all()
     failed_tries = sum(1 for _ in tries) - len(burst)
     fault_table.record(
         "SMTP refusing connections and Twilio answering 503 for 10 simulated minutes",
         faults=failed_tries,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=start),
         twilio_503s=refused,
     )
     assert result.duplicates == 0
     assert result.lost == 0, not_sent(fault_stack, burst)
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
+    # Recovery is prompt: every reminder went out at its first attempt after the outage, and
+    # none was given up on during it.
+    back = start + OUTAGE
+    assert all(outcome == "transient" for _, started, outcome in tries if started < back)
+    assert all(outcome == "sent" for _, started, outcome in tries if started >= back)
     # Retries back off on the shared clock: each gap at least half the nominal backoff.
     by_reminder: dict[int, list[timedelta]] = {}
-    for reminder_id, started in tries:
+    for reminder_id, started, _outcome in tries:
         by_reminder.setdefault(reminder_id, []).append(started - start)
     for offsets in by_reminder.values():
         gaps = [b - a for a, b in itertools.pairwise(offsets)]

@@ -33,6 +33,7 @@ from tests.faults.harness import (
     drive,
     enrol_many,
     make_burst,
+    max_delay,
     not_sent,
     outbox_sends,
     state_counts,
@@ -42,7 +43,7 @@ from tests.faults.harness import (
     wait_for,
 )
 from tests.faults.report import tally
-from tests.stacks import Stack
+from tests.stacks import TREATED, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -82,18 +83,23 @@ def test_worker_killed_at_a_crash_point_loses_and_duplicates_nothing(
     point: str, fault_stack: Stack, fleet: Fleet, fault_table: Recorder
 ) -> None:
     title, spec = CRASHES[point]
-    enrol_many(fault_stack, 5)
+    enrol_many(fault_stack, 4)
     burst = make_burst(fault_stack)
-    fleet.worker(env={"AFTERCARE_FAULTS": spec})
-    fleet.beat()
+    fleet.up(worker_env={"AFTERCARE_FAULTS": spec})
 
-    moves = drive(fault_stack)
+    moves = drive(fault_stack, watch=burst)
 
     kills = fleet.child_kills("worker")
     result = tally(expected=burst, sends=outbox_sends(fault_stack))
-    fault_table.record(f"{title} ({spec})", faults=kills, tally=result, clock_moves=moves)
+    fault_table.record(
+        f"{title} ({spec})",
+        faults=kills,
+        tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
+        clock_moves=moves,
+    )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert kills >= 2, "the crash point was hardly ever reached"
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
@@ -109,9 +115,9 @@ def test_worker_process_group_sigkilled_mid_run_then_replaced(
         fault_stack.env.update(twilio_env(fake))
         enrol_many(fault_stack, 8, channels=("sms",))
         burst = make_burst(fault_stack, steps=SMS_STEPS)
-        fleet.beat()
+        fleet.beat(wait=False)
         kills = 0
-        for fraction in (0.2, 0.45, 0.7):
+        for fraction in (0.25, 0.6):
             fleet.worker()
             target = int(len(burst) * fraction)
             wait_for(lambda t=target: len(fake.stored()) >= t, timeout=60, what="sends")
@@ -119,7 +125,7 @@ def test_worker_process_group_sigkilled_mid_run_then_replaced(
             kills += 1
         fleet.worker()
 
-        moves = drive(fault_stack)
+        moves = drive(fault_stack, watch=burst)
 
         sends = twilio_sends(fault_stack, ((m.sid or "", m.to, m.body) for m in fake.stored()))
     result = tally(expected=burst, sends=sends)
@@ -127,10 +133,11 @@ def test_worker_process_group_sigkilled_mid_run_then_replaced(
         "worker process group SIGKILLed mid-run, fresh worker started (Twilio)",
         faults=kills,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert result.unwanted == 0
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
@@ -149,13 +156,12 @@ def test_provider_timing_out_after_accepting_while_a_batch_outlives_stale_after(
         enrol_many(fault_stack, 4, channels=("sms",))
         burst = make_burst(fault_stack, steps=SMS_STEPS)
         fake.script(*(["ok"] * 9 + ["hang"] + ["ok"] * 5 + ["drop", "lost"]) * 3)
-        fleet.worker()
-        fleet.beat()
+        fleet.up()
         for hangs in (1, 2, 3):
             wait_for(lambda n=hangs: fake.answers().count("hang") >= n, timeout=60, what="hang")
             fault_stack.clock.set(fault_stack.clock.now() + PAST_STALE)
 
-        moves = 3 + drive(fault_stack)
+        moves = 3 + drive(fault_stack, watch=burst)
 
         sends = twilio_sends(fault_stack, ((m.sid or "", m.to, m.body) for m in fake.stored()))
         faults = sum(1 for a in fake.answers() if a in ("hang", "drop", "lost"))
@@ -165,6 +171,7 @@ def test_provider_timing_out_after_accepting_while_a_batch_outlives_stale_after(
         "STALE_AFTER (Twilio)",
         faults=faults,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
@@ -179,20 +186,18 @@ def test_dispatcher_killed_after_claiming_loses_nothing(
     """``aftercare dispatch`` dies right after committing its claim, before publishing: the
     claimed reminders sit in ``queued`` with no broker message until recovery requeues them.
     Then the beat-driven dispatcher inside the worker is killed the same way, at random."""
-    enrol_many(fault_stack, 5)
+    enrol_many(fault_stack, 4)
     burst = make_burst(fault_stack)
     doomed = {"AFTERCARE_FAULTS": "dispatch_after_claim=1", "AFTERCARE_DISPATCH_BATCH": "25"}
-    cli_kills = 0
-    for run in range(3):
-        proc = fleet.dispatch(name=f"dispatch-{run}", env=doomed)
-        assert proc.wait(timeout=60) == -9
-        cli_kills += 1
+    # Three at once, each dying after its own claim (SKIP LOCKED keeps the claims apart).
+    doomed_runs = [fleet.dispatch(name=f"dispatch-{run}", env=doomed) for run in range(3)]
+    assert [proc.wait(timeout=60) for proc in doomed_runs] == [-9, -9, -9]
+    cli_kills = len(doomed_runs)
     assert state_counts(fault_stack)[states.QUEUED] == 75
     assert broker_send_ids(redis.Redis.from_url(fault_stack.env["AFTERCARE_BROKER_URL"])) == []
-    fleet.worker(env={"AFTERCARE_FAULTS": "dispatch_after_claim=0.3"})
-    fleet.beat()
+    fleet.up(worker_env={"AFTERCARE_FAULTS": "dispatch_after_claim=0.3"})
 
-    moves = drive(fault_stack)
+    moves = drive(fault_stack, watch=burst)
 
     kills = cli_kills + fleet.child_kills("worker")
     result = tally(expected=burst, sends=outbox_sends(fault_stack))
@@ -200,10 +205,11 @@ def test_dispatcher_killed_after_claiming_loses_nothing(
         "dispatcher killed after its claim, before publishing",
         faults=kills,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert fleet.child_kills("worker") >= 1
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
@@ -220,9 +226,9 @@ def test_two_dispatchers_racing_on_postgres_never_claim_the_same_reminder(
 ) -> None:
     """Two ``aftercare dispatch`` processes at once, in small batches, then two beats at once:
     ``FOR UPDATE SKIP LOCKED`` hands each reminder to exactly one of them."""
-    enrol_many(fault_stack, 8)
+    enrol_many(fault_stack, 6)
     burst = make_burst(fault_stack)
-    small = {"AFTERCARE_DISPATCH_BATCH": "4"}
+    small = {"AFTERCARE_DISPATCH_BATCH": "3"}
     racers = [fleet.dispatch(name=f"dispatch-{n}", env=small) for n in ("a", "b")]
     for proc in racers:
         assert proc.wait(timeout=90) == 0
@@ -235,25 +241,24 @@ def test_two_dispatchers_racing_on_postgres_never_claim_the_same_reminder(
     assert sum(claimed) == len(published) == len(set(published)) == len(burst)
     assert all(claimed), f"the dispatchers did not overlap: {claimed}"
     # The second half of the regimen falls due again for two beats racing each other.
-    second = enrol_many(fault_stack, 4, start=100)
+    second = enrol_many(fault_stack, 2, start=100)
     assert second
     more = make_burst(fault_stack)
-    fleet.worker()
-    fleet.beat("beat-a")
-    fleet.beat("beat-b")
-
-    moves = drive(fault_stack)
+    fleet.up(beats=2)
 
     expected = [*burst, *more]
+    moves = drive(fault_stack, watch=expected)
+
     result = tally(expected=expected, sends=outbox_sends(fault_stack))
     fault_table.record(
         "two dispatchers racing on PostgreSQL (2 x dispatch, then 2 beats)",
         faults=2,
         tally=result,
+        delay=max_delay(fault_stack, expected, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, expected)
     assert moves == 0, "nothing should have been stuck"
 
 
@@ -276,7 +281,7 @@ def test_every_send_task_delivered_twice_by_the_broker_sends_once(
     """At-least-once delivery taken to the extreme: every chunk is published twice with the
     same task id (a redelivery) and once more with a new id, to a worker whose two pool
     processes run the copies concurrently."""
-    enrol_many(fault_stack, 5)
+    enrol_many(fault_stack, 4)
     burst = make_burst(fault_stack)
     copies = 0
 
@@ -297,19 +302,20 @@ def test_every_send_task_delivered_twice_by_the_broker_sends_once(
     client = redis.Redis.from_url(fault_stack.env["AFTERCARE_BROKER_URL"])
     queued = broker_send_ids(client)
     assert len(queued) == 3 * len({tuple(c) for c in queued}) > 0
-    fleet.worker()
-    fleet.worker("worker-2")
+    fleet.worker(wait=False)
+    fleet.worker("worker-2", wait=False)
     fleet.beat()
 
-    moves = drive(fault_stack)
+    moves = drive(fault_stack, watch=burst)
 
     result = tally(expected=burst, sends=outbox_sends(fault_stack))
     fault_table.record(
         "each send task delivered three times by the broker",
         faults=copies,
         tally=result,
+        delay=max_delay(fault_stack, burst, since=TREATED),
         clock_moves=moves,
     )
     assert result.duplicates == 0
-    assert result.lost == 0
+    assert result.lost == 0, not_sent(fault_stack, burst)
     assert moves == 0, "nothing should have been stuck"
