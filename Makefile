@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint demo bench lock clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements-dev.lock -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -33,12 +33,16 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Re-pin every dependency after changing pyproject.toml.
+# Re-pin every dependency after changing pyproject.toml: runtime, then runtime + dev.
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/python -m pip install --quiet --upgrade pip
+	.lockenv/bin/python -m pip install --quiet .
+	{ echo '# Runtime dependencies, pinned (what the Docker image installs). Regenerate with: make lock'; \
+	  .lockenv/bin/python -m pip freeze --exclude-editable | grep -iv '^aftercare'; } > requirements.lock
 	.lockenv/bin/python -m pip install --quiet '.[dev]'
-	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^aftercare' > requirements.lock
+	{ echo '# Runtime + development dependencies, pinned (what make test installs). Regenerate with: make lock'; \
+	  .lockenv/bin/python -m pip freeze --exclude-editable | grep -iv '^aftercare'; } > requirements-dev.lock
 	rm -rf .lockenv
 
 clean:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
@@ -15,6 +15,7 @@ from aftercare.settings import Settings
 from aftercare.storage.models import Base
 from bench.infra import SECRET_KEY, PrivateRedis, Processes, ScratchPostgres, base_env
 
+N = TypeVar("N", int, float)
 CLINIC = {"clinic_name": "Riverside Vein Clinic", "clinic_phone": "020 7946 0000"}
 
 
@@ -76,7 +77,8 @@ class Bench:
     # The run's runtime (PostgreSQL + Redis), set once the schema exists.
     rt: Runtime = field(init=False)
 
-    def size(self, full: int, quick: int) -> int:
+    def size(self, full: N, quick: N) -> N:
+        """The full run's load, or the quick run's."""
         return quick if self.quick else full
 
     @property
@@ -94,7 +96,7 @@ class Bench:
             **CLINIC,
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment of an ``aftercare`` process on this run's database and broker."""

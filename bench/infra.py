@@ -19,6 +19,7 @@ from typing import IO
 
 import psycopg
 import redis
+from psycopg.rows import TupleRow
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -71,7 +72,7 @@ class ScratchPostgres:
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[TupleRow]:
         return psycopg.connect(self.url, autocommit=autocommit)
 
     def server_version(self) -> str:
@@ -160,10 +161,11 @@ class Processes:
         )
 
     def stop(self, proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> None:
-        """SIGTERM (a Celery warm shutdown), then SIGKILL to the process group after ``grace``."""
+        """SIGTERM to the process (a Celery warm shutdown: the pool finishes its running tasks),
+        then SIGKILL to its whole process group after ``grace`` seconds."""
         if proc.poll() is None:
             with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=grace)
         # Whatever of its group is left (pool children of a worker that was killed).

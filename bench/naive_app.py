@@ -60,13 +60,13 @@ def _redis() -> redis.Redis:
     return _client
 
 
-@app.task(name="bench.naive.send_sms_reminder")
+@app.task(name="bench.naive.send_sms_reminder")  # type: ignore[untyped-decorator]
 def send_sms_reminder(appointment_id: int) -> None:
     """Stands in for the tutorial's Twilio call: one count per execution."""
     _redis().hincrby(EXECUTED, str(appointment_id), 1)
 
 
-@task_received.connect
+@task_received.connect  # type: ignore[untyped-decorator]
 def _count_receipt(request: Any = None, **_: Any) -> None:
     """Runs in the worker's consumer for every message it takes, first delivery or not."""
     with _lock:

@@ -31,7 +31,7 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
 def noop(reminder_id: int) -> None:
     """Nothing: what a worker costs per task before any work is done."""
 

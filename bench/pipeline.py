@@ -73,7 +73,7 @@ def count_states(bench: Bench, ids: Sequence[int]) -> dict[str, int]:
         rows = conn.execute(
             "SELECT state, count(*) FROM reminders WHERE id = ANY(%s) GROUP BY state", (list(ids),)
         ).fetchall()
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 def pending(bench: Bench, ids: Sequence[int]) -> int:

@@ -41,6 +41,17 @@ LIMIT_MPS = 10.0
 PER_SESSION = 46
 
 
+def park(bench: Bench, ids: list[int]) -> None:
+    """What a capped run left due or in flight must not spill into the next run."""
+    with bench.pg.connect() as conn:
+        conn.execute(
+            "UPDATE reminders SET state = 'cancelled' WHERE id = ANY(%s) "
+            "AND state IN ('scheduled', 'queued', 'sending')",
+            (ids,),
+        )
+        conn.commit()
+
+
 def _burst(
     bench: Bench,
     *,
@@ -84,7 +95,8 @@ def _burst(
         # A warm shutdown: the batches being sent are finished and recorded.
         bench.procs.stop(beat)
         bench.procs.stop(worker, grace=30.0)
-    states = count_states(bench, ids)
+        states = count_states(bench, ids)
+        park(bench, ids)
     lateness = [t - due_at for t in received]
     missing = len(ids) - len(received)
     full = lateness + [math.inf] * max(missing, 0)

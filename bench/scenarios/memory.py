@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from bench import naive_app
 from bench.context import Bench
@@ -87,7 +87,7 @@ def _publish_etas(bench: Bench, items: list[tuple[int, datetime]]) -> float:
     naive_app.send_sms_reminder.apply_async(args=[0], eta=items[0][1])
     raw = client.rpop(naive_app.QUEUE)
     assert raw is not None
-    template = json.loads(raw)
+    template = json.loads(cast(bytes, raw))
     embed = json.loads(base64.b64decode(template["body"]))[2]
     started = time.perf_counter()
     pipe = client.pipeline(transaction=False)
@@ -185,8 +185,8 @@ def run(bench: Bench) -> list[Row]:
     bench.truncate()
     bench.redis.flush()
     n = bench.size(100_000, 10_000)
-    window = bench.size(6.0, 3.0)
-    naive_window = bench.size(25.0, 8.0)
+    window = bench.size(5.0, 3.0)
+    naive_window = bench.size(20.0, 8.0)
     probes = bench.size(100, 50)
     # Due after one visibility timeout: each is handed out again once before it runs.
     visibility = bench.size(10.0, 4.0)

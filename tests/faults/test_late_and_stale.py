@@ -135,7 +135,7 @@ def test_cancelled_opted_out_unsubscribed_paused_or_erased_patients_get_nothing_
                 select(TreatmentSession.id, TreatmentSession.patient_id).where(
                     TreatmentSession.id.in_(sessions)
                 )
-            ).all()  # type: ignore[arg-type]
+            ).all()  # type: ignore[arg-type,unused-ignore]
         )
         cancelled, stopped, unsubscribed, paused, erased, _control = sessions
         cancel_session(db_session=s, session_id=cancelled, actor_id=None, now=now)

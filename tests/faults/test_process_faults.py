@@ -14,7 +14,8 @@ import json
 import os
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
+from functools import partial
 
 import pytest
 import redis
@@ -104,6 +105,14 @@ def test_worker_killed_at_a_crash_point_loses_and_duplicates_nothing(
     assert set(states_of(fault_stack, burst).values()) == {states.SENT}
 
 
+def _at_least(items: Callable[[], Sized], count: int) -> bool:
+    return len(items()) >= count
+
+
+def _hangs_reach(fake: FakeTwilio, count: int) -> bool:
+    return fake.answers().count("hang") >= count
+
+
 def test_worker_process_group_sigkilled_mid_run_then_replaced(
     fault_stack: Stack, fleet: Fleet, fault_table: Recorder
 ) -> None:
@@ -120,7 +129,7 @@ def test_worker_process_group_sigkilled_mid_run_then_replaced(
         for fraction in (0.25, 0.6):
             fleet.worker()
             target = int(len(burst) * fraction)
-            wait_for(lambda t=target: len(fake.stored()) >= t, timeout=60, what="sends")
+            wait_for(partial(_at_least, fake.stored, target), timeout=60, what="sends")
             fleet.kill("worker")
             kills += 1
         fleet.worker()
@@ -158,7 +167,7 @@ def test_provider_timing_out_after_accepting_while_a_batch_outlives_stale_after(
         fake.script(*(["ok"] * 9 + ["hang"] + ["ok"] * 5 + ["drop", "lost"]) * 3)
         fleet.up()
         for hangs in (1, 2, 3):
-            wait_for(lambda n=hangs: fake.answers().count("hang") >= n, timeout=60, what="hang")
+            wait_for(partial(_hangs_reach, fake, hangs), timeout=60, what="a hanging request")
             fault_stack.clock.set(fault_stack.clock.now() + PAST_STALE)
 
         moves = 3 + drive(fault_stack, watch=burst)
