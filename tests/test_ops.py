@@ -143,3 +143,30 @@ def test_json_log_lines_carry_ids_and_never_exception_messages() -> None:
     assert any("test_ops.py" in where for where in lines[1]["exc_where"])
     for value in (PATIENT_PHONE, PATIENT_NAME, PATIENT_EMAIL):
         assert value not in stream.getvalue()
+
+
+def test_celery_task_failure_log_names_the_exception_type_not_its_text() -> None:
+    try:
+        raise ValueError(f"duplicate key (phone)=({PATIENT_PHONE})")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "celery.app.trace",
+            logging.ERROR,
+            __file__,
+            1,
+            "Task %(name)s[%(id)s] %(description)s: %(exc)s",
+            (
+                {
+                    "name": "aftercare.send",
+                    "id": "t1",
+                    "description": "raised unexpected",
+                    "exc": f"ValueError('{PATIENT_PHONE}')",
+                },
+            ),
+            sys.exc_info(),
+        )
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["event"] == "Task aftercare.send[t1] raised unexpected: ValueError"
+    assert PATIENT_PHONE not in line

@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": _message(record),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
@@ -39,6 +39,14 @@ class JsonFormatter(logging.Formatter):
                 for frame in traceback.extract_tb(tb)
             ][-8:]
         return json.dumps(event, separators=(",", ":"))
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The message, with any exception text Celery formats into it replaced by its type."""
+    if isinstance(record.args, dict) and "exc" in record.args:
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "error"
+        return str(record.msg) % {**record.args, "exc": exc}
+    return record.getMessage()
 
 
 def configure_logging(level: str = "INFO") -> None:

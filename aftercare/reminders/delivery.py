@@ -216,8 +216,8 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
 def _still_ours(deps: Deps, item: _Prepared) -> bool:
     """True if this worker may still send ``item``; renews its claim when it has grown old.
 
-    A guarded UPDATE against recovery's takeover (:func:`~aftercare.reminders.dispatch.
-    stale_sending`), which changes ``updated_at``: whichever comes first wins, the other sees it.
+    A guarded UPDATE racing recovery's takeover (``dispatch.stale_sending``), which also changes
+    ``updated_at``: whichever comes first wins, and the other one sees it.
     """
     now = deps.clock.now()
     if now - item.claimed_at < RENEW_AFTER:

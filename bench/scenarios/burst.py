@@ -102,7 +102,7 @@ def _burst(
     full = lateness + [math.inf] * max(missing, 0)
     spread = (received[-1] - received[0]) if len(received) > 1 else 0.0
     rate = (len(received) - 1) / spread if spread > 0 else 0.0
-    first = min(lateness) if lateness else 0.0
+    first = min(lateness) if lateness else math.inf
     return {
         "n": len(ids),
         "received": len(received),
@@ -115,7 +115,7 @@ def _burst(
         "first": first,
         "drain_rate": rate,
         # At the measured drain rate, when the 99th percentile would have been received.
-        "p99_projected": first + (math.ceil(0.99 * len(ids)) - 1) / rate if rate else None,
+        "p99_projected": first + (math.ceil(0.99 * len(ids)) - 1) / rate if rate > 0 else None,
         "429": refused,
         **duplicate_sends(bench, twilio, sink, ids, since=since),
     }
@@ -203,14 +203,15 @@ def _rows(
     elif p99.value is not None:
         p99.met = p99.value.median <= 60
     out.append(p99)
-    for key in ("p50", "max"):
+    for key in ("first", "p50", "max"):
+        unreached = all(not math.isfinite(r[key]) for r in free)
         out.append(
             Row(
                 NAME,
                 f"{n_unlimited:,} due at once, unlimited: {key} lateness",
                 "s",
                 late([r[key] for r in free]),
-                note="" if not capped else f"> {cap:.0f} s (capped)" if key == "max" else "",
+                note=f"> {cap:.0f} s: not received by the cap" if unreached else "",
                 lower_is_better=True,
             )
         )

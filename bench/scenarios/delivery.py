@@ -132,9 +132,9 @@ def worker_rate(
 def run(bench: Bench) -> list[Row]:
     bench.truncate()
     bench.redis.flush()
-    per_rep = bench.size(50, 12)  # sessions, 46 reminders each
+    per_rep = bench.size(40, 12)  # sessions, 46 reminders each
     timeout = bench.size(120.0, 40.0)
-    tasks = bench.size(6_000, 1_500)
+    tasks = bench.size(4_000, 1_500)
     template = template_session(bench.rt, zone=bench.zone)
     sessions = clone_sessions(bench, template, 1 + 2 * per_rep * bench.reps)
     chunks = [sessions[1 + i * per_rep : 1 + (i + 1) * per_rep] for i in range(2 * bench.reps)]

@@ -89,7 +89,7 @@ def test_take_them_off_tonight_a_day_late_is_expired_and_shown_to_staff_not_sent
     back = first_evening + timedelta(days=1, minutes=30)
     fault_stack.clock.set(back)
     fleet.up()
-    assert settle(fault_stack)
+    assert settle(fault_stack, idle=5.0)
 
     overdue = [r for r in reminders(fault_stack) if r.state != states.SKIPPED and r.due_at <= back]
     late = [r.id for r in overdue if r.step == "daily-off" and r.due_at == first_evening]
@@ -146,7 +146,7 @@ def test_cancelled_opted_out_unsubscribed_paused_or_erased_patients_get_nothing_
         pause_session(db_session=s, session_id=paused, actor_id=None, now=now)
         erase_patient(db_session=s, patient_id=patient_of[erased], actor_id=None, now=now)
     fleet.up()
-    assert settle(fault_stack)
+    assert settle(fault_stack, idle=5.0)
 
     rows = reminders(fault_stack, burst)
 
