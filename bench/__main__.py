@@ -64,7 +64,7 @@ def _memory_gb() -> float:
 
 def _versions(bench: Bench) -> dict[str, str]:
     out = {"python": platform.python_version(), "postgresql": bench.pg.server_version()}
-    out["redis"] = str(bench.redis.client().info("server").get("redis_version", "?"))
+    out["redis_server"] = str(bench.redis.client().info("server").get("redis_version", "?"))
     for package in ("aftercare", "celery", "kombu", "redis", "sqlalchemy", "psycopg", "twilio"):
         try:
             out[package] = metadata.version(package)
