@@ -7,6 +7,7 @@ pointing to a file (Docker secrets).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -116,6 +117,15 @@ class Settings(BaseSettings):
         if value.strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is a placeholder; set a long random value")
         return value
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from the ``AFTERCARE_*`` entries of ``env`` only (the environment a child
+        process will be given), not from this process's own environment or ``.env``."""
+        prefix = "AFTERCARE_"
+        return cls.model_validate(
+            {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+        )
 
     # Derived values -------------------------------------------------------------------------
 

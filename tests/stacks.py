@@ -45,13 +45,7 @@ def make_stack(tmp_path: Path, extra: dict[str, str]) -> Stack:
         AFTERCARE_LOG_LEVEL="DEBUG",
         **extra,
     )
-    settings = Settings.model_validate(
-        {
-            k.removeprefix("AFTERCARE_").lower(): v
-            for k, v in env.items()
-            if k.startswith("AFTERCARE_")
-        }
-    )
+    settings = Settings.from_environment(env)
     rt = Runtime(settings)
     clock = FileClock(data_dir / "clock")
     rt.clock = clock

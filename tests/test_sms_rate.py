@@ -194,9 +194,7 @@ def test_burst_of_due_sms_through_two_workers_stays_under_mps_and_sends_each_onc
         AFTERCARE_SECRET_KEY=TEST_SECRET,
         AFTERCARE_LOG_LEVEL="DEBUG",
     )
-    settings = Settings.model_validate(
-        {k.removeprefix("AFTERCARE_").lower(): v for k, v in env.items() if k[:10] == "AFTERCARE_"}
-    )
+    settings = Settings.from_environment(env)
     rt = Runtime(settings)
     rt.clock = clock
     try:

@@ -61,13 +61,7 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
     folder = data_dir or Path(tempfile.mkdtemp(prefix="aftercare-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     env = _env(folder)
-    settings = Settings.model_validate(
-        {
-            k.removeprefix("AFTERCARE_").lower(): v
-            for k, v in env.items()
-            if k.startswith("AFTERCARE_")
-        }
-    )
+    settings = Settings.from_environment(env)
     rt = Runtime(settings)
     set_runtime(rt)
     clock = FileClock(folder / "clock")

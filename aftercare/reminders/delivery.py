@@ -206,7 +206,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
         )
         sent.append((item, result))
         crash_point("after_send")
-    _record_sent_many(deps, sent)
+    _record_sent(deps, [(item.reminder_id, item.attempt_id, result) for item, result in sent])
     crash_point("after_record")
     for item, _ in sent:
         outcomes[item.reminder_id] = states.SENT
@@ -310,25 +310,22 @@ def _check(
             clinic=deps.clinic,
         )
     except (TemplateError, MissingAddress, KeyError, ValueError) as exc:
-        cause = f"cannot compose: {type(exc).__name__}"
-        if states.transition(
+        _fail(
             db_session,
-            [reminder_id],
+            reminder_id,
             source=states.QUEUED,
-            target=states.FAILED,
             now=now,
-            reason=cause,
-        ):
-            after_failure(
-                db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
-            )
+            cause=f"cannot compose: {type(exc).__name__}",
+        )
         log.error("reminder %s cannot be composed (%s)", reminder_id, type(exc).__name__)
         return states.FAILED, None
     return "send", message
 
 
-def _record_sent_many(deps: Deps, sent: list[tuple[_Prepared, SendResult]]) -> None:
-    """Record every accepted message in one transaction."""
+def _record_sent(
+    deps: Deps, sent: list[tuple[int, int, SendResult]], *, outcome: str = "sent"
+) -> None:
+    """Record accepted messages, given as (reminder id, attempt id, result), in one transaction."""
     if not sent:
         return
     now = deps.clock.now()
@@ -337,18 +334,18 @@ def _record_sent_many(deps: Deps, sent: list[tuple[_Prepared, SendResult]]) -> N
             update(DeliveryAttempt),
             [
                 {
-                    "id": item.attempt_id,
-                    "outcome": "sent",
+                    "id": attempt_id,
+                    "outcome": outcome,
                     "finished_at": now,
                     "provider_id": result.provider_id,
                     "provider_status": result.status,
                 }
-                for item, result in sent
+                for _, attempt_id, result in sent
             ],
         )
         states.transition(
             db_session,
-            [item.reminder_id for item, _ in sent],
+            [reminder_id for reminder_id, _, _ in sent],
             source=states.SENDING,
             target=states.SENT,
             now=now,
@@ -356,30 +353,10 @@ def _record_sent_many(deps: Deps, sent: list[tuple[_Prepared, SendResult]]) -> N
             reason=None,
         )
     log.info(
-        "sent %s reminder(s)", len(sent), extra={"reminder_ids": [i.reminder_id for i, _ in sent]}
+        "sent %s reminder(s)",
+        len(sent),
+        extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
     )
-
-
-def _record_sent(
-    deps: Deps, reminder_id: int, attempt_id: int, result: SendResult, *, outcome: str
-) -> None:
-    now = deps.clock.now()
-    with deps.db.session() as db_session:
-        attempt = db_session.get_one(DeliveryAttempt, attempt_id)
-        attempt.outcome = outcome
-        attempt.finished_at = now
-        attempt.provider_id = result.provider_id
-        attempt.provider_status = result.status
-        states.transition(
-            db_session,
-            [reminder_id],
-            source=states.SENDING,
-            target=states.SENT,
-            now=now,
-            sent_at=now,
-            reason=None,
-        )
-    log.info("reminder %s sent (attempt %s)", reminder_id, attempt_id)
 
 
 def _record_failure(
@@ -397,39 +374,25 @@ def _record_failure(
             reason = f"provider error {exc.code or ''}".strip()
             if not exc.permanent:
                 reason = f"gave up after {attempts} attempts ({exc.code or 'transient'})"
-            if states.transition(
+            _fail(
                 db_session,
-                [reminder_id],
+                reminder_id,
                 source=states.SENDING,
-                target=states.FAILED,
                 now=now,
-                reason=reason,
-            ):
-                # Staff are told, a refused number gets no more SMS, and email steps in.
-                after_failure(
-                    db_session=db_session,
-                    reminder_id=reminder_id,
-                    now=now,
-                    code=exc.code,
-                    # Only a permanent refusal stops SMS to the number; exhausted retries do not.
-                    opted_out=exc.permanent and exc.opted_out,
-                    cause=reason,
-                    block=exc.permanent,
-                )
+                cause=reason,
+                code=exc.code,
+                # Only a permanent refusal stops SMS to the number; exhausted retries do not.
+                opted_out=exc.permanent and exc.opted_out,
+                block=exc.permanent,
+            )
             log.warning("reminder %s failed (code %s)", reminder_id, exc.code)
             return states.FAILED
-        reminder = db_session.get_one(Reminder, reminder_id)
-        due = now + backoff(attempts)
-        if reminder.channel == "sms":
-            session = db_session.get_one(TreatmentSession, reminder.session_id)
-            due = deps.quiet.defer(due, ZoneInfo(session.timezone))
-        states.transition(
+        _retry_at(
             db_session,
-            [reminder_id],
-            source=states.SENDING,
-            target=states.SCHEDULED,
+            deps,
+            db_session.get_one(Reminder, reminder_id),
+            due=now + backoff(attempts),
             now=now,
-            due_at=due,
             reason=f"retry after transient error {exc.code or ''}".strip(),
         )
     log.info("reminder %s will be retried (attempt %s, code %s)", reminder_id, attempts, exc.code)
@@ -463,7 +426,7 @@ def _settle_ambiguous(
         _mark_unconfirmed(deps, attempt_id)
         return "ambiguous"
     if found is not None:
-        _record_sent(deps, reminder_id, attempt_id, found, outcome="reconciled")
+        _record_sent(deps, [(reminder_id, attempt_id, found)], outcome="reconciled")
         return states.SENT
     if supported and not recovering:
         _mark_unconfirmed(deps, attempt_id)
@@ -475,35 +438,77 @@ def _settle_ambiguous(
         attempt.finished_at = now
         reminder = db_session.get_one(Reminder, reminder_id)
         if reminder.attempts >= MAX_ATTEMPTS:
-            cause = f"gave up after {reminder.attempts} attempts (no confirmation from provider)"
-            if states.transition(
+            _fail(
                 db_session,
-                [reminder_id],
+                reminder_id,
                 source=states.SENDING,
-                target=states.FAILED,
                 now=now,
-                reason=cause,
-            ):
-                after_failure(
-                    db_session=db_session, reminder_id=reminder_id, now=now, code=None, cause=cause
-                )
+                cause=f"gave up after {reminder.attempts} attempts (no confirmation from provider)",
+            )
             return states.FAILED
         # The first resend goes at once (the provider was not at fault); later ones back off.
-        due = now if reminder.attempts <= 1 else now + backoff(reminder.attempts - 1)
-        if reminder.channel == "sms":
-            session = db_session.get_one(TreatmentSession, reminder.session_id)
-            due = deps.quiet.defer(due, ZoneInfo(session.timezone))
-        states.transition(
+        _retry_at(
             db_session,
-            [reminder_id],
-            source=states.SENDING,
-            target=states.SCHEDULED,
+            deps,
+            reminder,
+            due=now if reminder.attempts <= 1 else now + backoff(reminder.attempts - 1),
             now=now,
-            due_at=due,
             reason="resent: the provider has no record of the earlier attempt",
         )
     log.info("reminder %s: earlier attempt %s never reached the provider", reminder_id, attempt_id)
     return "resend"
+
+
+def _fail(
+    db_session: Session,
+    reminder_id: int,
+    *,
+    source: str,
+    now: datetime,
+    cause: str,
+    code: str | None = None,
+    opted_out: bool = False,
+    block: bool = False,
+) -> None:
+    """Fail a reminder for good; if this call moved it, staff are told, a refused number gets
+    no more SMS and email steps in (:func:`after_failure`), in the same transaction."""
+    if states.transition(
+        db_session, [reminder_id], source=source, target=states.FAILED, now=now, reason=cause
+    ):
+        after_failure(
+            db_session=db_session,
+            reminder_id=reminder_id,
+            now=now,
+            code=code,
+            opted_out=opted_out,
+            cause=cause,
+            block=block,
+        )
+
+
+def _retry_at(
+    db_session: Session,
+    deps: Deps,
+    reminder: Reminder,
+    *,
+    due: datetime,
+    now: datetime,
+    reason: str,
+) -> None:
+    """Put a ``sending`` reminder back on the schedule at ``due`` (an SMS never inside quiet
+    hours)."""
+    if reminder.channel == "sms":
+        session = db_session.get_one(TreatmentSession, reminder.session_id)
+        due = deps.quiet.defer(due, ZoneInfo(session.timezone))
+    states.transition(
+        db_session,
+        [reminder.id],
+        source=states.SENDING,
+        target=states.SCHEDULED,
+        now=now,
+        due_at=due,
+        reason=reason,
+    )
 
 
 def _mark_unconfirmed(deps: Deps, attempt_id: int) -> None:

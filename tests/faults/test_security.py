@@ -716,13 +716,7 @@ def _stack(tmp_path: Path, extra: dict[str, str]) -> Stack:
     chosen = {k: extra.pop(k) for k in ("AFTERCARE_SMS_TRANSPORT", "AFTERCARE_EMAIL_TRANSPORT")}
     stack = make_stack(tmp_path, extra)
     stack.env.update(chosen)
-    settings = Settings.model_validate(
-        {
-            k.removeprefix("AFTERCARE_").lower(): v
-            for k, v in stack.env.items()
-            if k.startswith("AFTERCARE_")
-        }
-    )
+    settings = Settings.from_environment(stack.env)
     stack.rt = Runtime(settings)
     stack.rt.clock = stack.clock
     return stack
