@@ -176,3 +176,43 @@ def test_regimen_when_attach_calendar_is_not_a_boolean_then_refused_naming_the_k
     assert caught.value.key == "steps[0].attach_calendar"
     assert caught.value.reason == "must be true or false"
     assert caught.value.line == broken.splitlines().index('    attach_calendar: "yes"') + 1
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Europe/London", "America/New_York"])
+def test_calendar_when_built_again_from_the_cached_zone_then_byte_identical(zone: str) -> None:
+    from aftercare.messages import calendar
+
+    treated = datetime(2026, 3, 6, 14, 0, tzinfo=UTC)
+    calendar._vtimezone.cache_clear()
+    fresh = build(treated, zone)
+    cached = build(treated, zone)
+    assert calendar._vtimezone.cache_info().hits >= 1
+    assert cached == fresh
+    # The reference: icalendar's own add_missing_timezones over the same dates (the day before
+    # treatment to two days after the check-in), rebuilt without any cache.
+    reference = Calendar.from_ical(fresh)
+    reference.subcomponents = [c for c in reference.subcomponents if c.name != "VTIMEZONE"]
+    checkin = next(e for e in reference.walk("VEVENT") if "check-in" in str(e["SUMMARY"]))
+    reference.add_missing_timezones(
+        first_date=treated.astimezone(ZoneInfo(zone)).date() - timedelta(days=1),
+        last_date=checkin.decoded("DTSTART") + timedelta(days=2),
+    )
+    assert cached == reference.to_ical()
+
+
+def test_calendar_when_zone_cached_then_a_later_session_still_gets_its_own_transitions() -> None:
+    early = build(datetime(2026, 3, 1, 14, 0, tzinfo=UTC), "America/New_York")
+    # Treated after the March change, ending after November's: the cached early range must not
+    # be reused for it.
+    late = build(datetime(2026, 10, 25, 14, 0, tzinfo=UTC), "America/New_York")
+    early_starts = {
+        str(c.decoded("DTSTART").date())
+        for c in Calendar.from_ical(early).walk()
+        if c.name in ("STANDARD", "DAYLIGHT")
+    }
+    late_starts = {
+        str(c.decoded("DTSTART").date())
+        for c in Calendar.from_ical(late).walk()
+        if c.name in ("STANDARD", "DAYLIGHT")
+    }
+    assert early_starts != late_starts
