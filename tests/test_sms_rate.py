@@ -1,6 +1,6 @@
 """The per-sender sending rate: one limit shared by every worker through Redis.
 
-The limiter reserves slots ``1 / (0.9 * AFTERCARE_SMS_MPS)`` seconds apart per sender, with no
+The limiter reserves slots ``1 / (0.97 * AFTERCARE_SMS_MPS)`` seconds apart per sender, with no
 burst allowance, so any one-second window holds at most ``MPS`` sends. The burst test runs two
 real worker processes against the fake Twilio, which enforces the same limit and answers 429
 when it is exceeded.
