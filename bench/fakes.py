@@ -6,13 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
 from bench.infra import free_port
-from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, _Handler
+from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
 __all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "SENDER", "SmtpSink", "Twilio"]
 
@@ -20,33 +19,12 @@ SENDER = "+15005550006"
 _KEY = b"X-Aftercare-Key: "
 
 
-class _PromptHandler(_Handler):
-    """The tests' handler with TCP_NODELAY. Their handler writes the headers and the body of
-    each answer in two writes; on a kept-alive connection Nagle's algorithm then holds the body
-    until the client's delayed ACK (40 ms on Linux), so every message took 40 ms and a worker
-    process could send 25 SMS a second at most, whatever the product did."""
-
-    disable_nagle_algorithm = True
-
-
-class _PromptFake(FakeTwilio):
-    def start(self) -> _PromptFake:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _PromptHandler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-
 class Twilio:
-    """The fake Twilio (prompt answers), with receive times on the wall clock."""
+    """The tests' fake Twilio (TCP_NODELAY: prompt answers), with receive times on the wall
+    clock."""
 
     def __init__(self, *, mps: float | None = None) -> None:
-        self.fake = _PromptFake(mps=mps)
+        self.fake = FakeTwilio(mps=mps)
         # FakeTwilio stamps time.monotonic(); lateness is measured against wall-clock due times.
         self._offset = time.time() - time.monotonic()
 
