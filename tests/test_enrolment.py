@@ -105,6 +105,52 @@ def test_valid_request_when_enrolled_then_patient_session_and_every_reminder_are
     assert {r.due_at for r in reminders if r.step == "welcome"} == {NOW}
 
 
+def test_late_session_when_enrolled_then_every_reminder_column_is_stored_as_planned(
+    runtime: Runtime,
+) -> None:
+    treated = NOW - timedelta(days=5)
+    valid = validate_request(
+        make_request(treated_at=treated.isoformat()),
+        registry=runtime.registry,
+        quiet=runtime.quiet,
+        now=NOW,
+    )
+    with runtime.db.session() as db_session:
+        session = record_session(db_session=db_session, valid=valid, now=NOW)
+        # Read back in the same transaction, as a caller of record_session would.
+        in_transaction = len(session.reminders)
+
+    expected = plan_for(runtime, treated_at=treated, recorded_at=NOW, channels=("sms", "email"))
+    assert in_transaction == len(expected)
+    assert {"scheduled", "skipped"} <= {p.state for p in expected}
+    columns = [c.name for c in Reminder.__table__.columns if c.name != "id"]
+    with runtime.db.session() as db_session:
+        stored = {
+            (r.step, r.occurrence, r.channel): {c: getattr(r, c) for c in columns}
+            for r in db_session.scalars(select(Reminder))
+        }
+    assert stored == {
+        (p.step, p.occurrence, p.channel): {
+            "session_id": session.id,
+            "step": p.step,
+            "occurrence": p.occurrence,
+            "channel": p.channel,
+            "template": p.template,
+            "nominal_at": p.nominal_utc,
+            "due_at": p.due_utc,
+            "expires_at": p.expires_utc,
+            "critical": p.critical,
+            "state": p.state,
+            "attempts": 0,
+            "updated_at": NOW,
+            "sent_at": None,
+            "reason": "catch-up: superseded before enrolment" if p.state == "skipped" else None,
+            "fallback_of_id": None,
+        }
+        for p in expected
+    }
+
+
 def test_valid_request_when_enrolled_then_contact_details_are_normalised(
     runtime: Runtime,
 ) -> None:

@@ -26,10 +26,15 @@ from psycopg.types.json import Json, Jsonb
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from aftercare.planning.planner import PlannedReminder
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
-from aftercare.sessions.service import SessionRequest, ValidSession, validate_request
+from aftercare.sessions.service import (
+    SKIPPED_REASON,
+    SessionRequest,
+    ValidSession,
+    reminder_rows,
+    validate_request,
+)
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.db import Database
 from aftercare.storage.models import AuditEvent, Patient, Reminder, TreatmentSession
@@ -53,8 +58,6 @@ REQUIRED_COLUMNS = ("name", "treated_at", "consent", "contraindications_checked"
 CONFIRMATIONS = ("consent", "contraindications_checked")
 YES = frozenset({"yes", "true", "1"})
 CHUNK_SIZE = 1000
-# As record_session writes it (the test comparing import with enrolment pins the two together).
-SKIPPED_REASON = "catch-up: superseded before enrolment"
 # Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -418,24 +421,6 @@ def _audit_values(good: GoodRow, patient_id: int, session_id: int, now: datetime
     }
 
 
-def _reminder_values(session_id: int, item: PlannedReminder, now: datetime) -> dict[str, Any]:
-    return {
-        "session_id": session_id,
-        "step": item.step,
-        "occurrence": item.occurrence,
-        "channel": item.channel,
-        "template": item.template,
-        "nominal_at": item.nominal_utc,
-        "due_at": item.due_utc,
-        "expires_at": item.expires_utc,
-        "critical": item.critical,
-        "state": item.state,
-        "attempts": 0,
-        "updated_at": now,
-        "reason": SKIPPED_REASON if item.state == "skipped" else None,
-    }
-
-
 def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: datetime) -> None:
     """Any backend: multi-row INSERTs, RETURNING the new ids in the rows' order."""
     patient_ids = connection.scalars(
@@ -452,9 +437,9 @@ def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: date
     connection.execute(
         insert(Reminder),
         [
-            _reminder_values(session_id, item, now)
+            row
             for session_id, good in zip(session_ids, chunk, strict=True)
-            for item in good.valid.plan
+            for row in reminder_rows(session_id, good.valid.plan, now)
         ],
     )
     connection.execute(
@@ -577,7 +562,7 @@ def _copy_reminders(
     cursor: psycopg.Cursor[Any], pairs: Iterable[tuple[int, GoodRow]], now: datetime
 ) -> None:
     """The bulk of the rows (about 40 a session), written as tuples rather than dicts; the
-    test comparing import with enrolment on PostgreSQL pins them to ``_reminder_values``."""
+    test comparing import with enrolment on PostgreSQL pins them to ``reminder_rows``."""
     types = _column_types(cursor, "reminders")
     with cursor.copy(_copy_sql("reminders", _REMINDER_COLUMNS)) as copy:
         copy.set_types([_sent_as(types[column]) for column in _REMINDER_COLUMNS])

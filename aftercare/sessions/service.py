@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from aftercare.planning.planner import PlannedReminder, plan
@@ -27,6 +28,8 @@ from aftercare.sessions.validation import (
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
 
 MAX_FUTURE = timedelta(days=1)
+# Why a past step is stored as skipped rather than sent (see the planner's catch-up rules).
+SKIPPED_REASON = "catch-up: superseded before enrolment"
 
 
 @dataclass
@@ -158,7 +161,13 @@ def _regimen_over(planned: list[PlannedReminder], regimen: Regimen) -> bool:
 def record_session(
     *, db_session: Session, valid: ValidSession, now: datetime, patient: Patient | None = None
 ) -> TreatmentSession:
-    """Store the patient (unless given), the session and every planned reminder; no commit."""
+    """Store the patient (unless given), the session and every planned reminder; no commit.
+
+    The reminders are written with one Core INSERT of plain rows, not as ORM objects: building
+    46 instrumented objects and letting the unit of work flush them cost most of an enrolment.
+    Nothing in the transaction reads ``session.reminders`` afterwards (a later access loads them
+    from the database, where they are by then).
+    """
     if patient is None:
         patient = Patient(
             public_id=secrets.token_hex(16),
@@ -184,23 +193,34 @@ def record_session(
         contraindications_checked=True,
     )
     db_session.add(session)
-    for item in valid.plan:
-        db_session.add(
-            Reminder(
-                session=session,
-                step=item.step,
-                occurrence=item.occurrence,
-                channel=item.channel,
-                template=item.template,
-                nominal_at=item.nominal_utc,
-                due_at=item.due_utc,
-                expires_at=item.expires_utc,
-                critical=item.critical,
-                state=item.state,
-                attempts=0,
-                updated_at=now,
-                reason="catch-up: superseded before enrolment" if item.state == "skipped" else None,
-            )
-        )
     db_session.flush()
+    if valid.plan:
+        db_session.connection().execute(
+            insert(Reminder), reminder_rows(session.id, valid.plan, now)
+        )
     return session
+
+
+def reminder_rows(
+    session_id: int, plan: Iterable[PlannedReminder], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``reminders`` rows of a planned session, every column the table has a value for
+    (enrolment and CSV import both store these)."""
+    return [
+        {
+            "session_id": session_id,
+            "step": item.step,
+            "occurrence": item.occurrence,
+            "channel": item.channel,
+            "template": item.template,
+            "nominal_at": item.nominal_utc,
+            "due_at": item.due_utc,
+            "expires_at": item.expires_utc,
+            "critical": item.critical,
+            "state": item.state,
+            "attempts": 0,
+            "updated_at": now,
+            "reason": SKIPPED_REASON if item.state == "skipped" else None,
+        }
+        for item in plan
+    ]
