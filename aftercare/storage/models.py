@@ -125,10 +125,18 @@ class Reminder(Base):
             postgresql_where=sql_text("state IN ('queued', 'sending')"),
             sqlite_where=sql_text("state IN ('queued', 'sending')"),
         ),
+        # Deleting a reminder checks the fallback emails that point at it; only those few rows
+        # are indexed. (Lookups by session use uq_reminders_slot, which starts with session_id.)
+        Index(
+            "ix_reminders_fallback_of_id",
+            "fallback_of_id",
+            postgresql_where=sql_text("fallback_of_id IS NOT NULL"),
+            sqlite_where=sql_text("fallback_of_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    session_id: Mapped[int] = mapped_column(ForeignKey("treatment_sessions.id"), index=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("treatment_sessions.id"))
     step: Mapped[str] = mapped_column(String(64))
     occurrence: Mapped[int]
     channel: Mapped[str] = mapped_column(String(8))
