@@ -125,3 +125,28 @@ def test_local_instant_when_wall_time_is_in_a_gap_then_shifts_it_forward_by_the_
 def test_local_instant_when_wall_time_is_ambiguous_then_takes_first_occurrence() -> None:
     instant = local_instant(datetime(2026, 10, 25), time(1, 30), LONDON)
     assert instant == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+
+
+def test_local_instant_when_only_fold_differs_then_each_occurrence_of_the_wall_time_is_kept() -> (
+    None
+):
+    # 01:30 happens twice in London on 25 October 2026 (BST, then GMT). Conversions are cached
+    # per wall time: times equal but for their fold must still give their own instants.
+    day = datetime(2026, 10, 25)
+    first = local_instant(day, time(1, 30), LONDON)
+    second = local_instant(day, time(1, 30, fold=1), LONDON)
+    assert first == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert second == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    assert local_instant(day, time(1, 30), LONDON) == first
+
+
+def test_defer_when_given_the_same_instant_in_utc_and_in_local_time_then_both_agree() -> None:
+    night = london(2026, 6, 10, 23, 0)
+    noon = london(2026, 6, 10, 12, 0)
+    for instant in (night, noon, night.astimezone(LONDON), noon.astimezone(LONDON)):
+        DEFAULT.defer(instant, LONDON)
+    assert DEFAULT.defer(night.astimezone(LONDON), LONDON) == london(2026, 6, 11, 8, 0)
+    assert DEFAULT.defer(night, LONDON) == london(2026, 6, 11, 8, 0)
+    # Outside quiet hours the instant comes back as given, its own time zone included.
+    assert DEFAULT.defer(noon.astimezone(LONDON), LONDON).tzinfo is LONDON
+    assert DEFAULT.defer(noon, LONDON).tzinfo is UTC

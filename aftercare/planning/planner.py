@@ -14,7 +14,7 @@ A pure function: no database, no broker, no clock of its own. Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -160,8 +160,10 @@ def _catch_up(
     if not past:
         return planned
 
+    sms_send_time = quiet.defer(recorded, zone)
+
     def send_time(r: PlannedReminder) -> datetime:
-        return quiet.defer(recorded, zone) if r.channel == "sms" else recorded
+        return sms_send_time if r.channel == "sms" else recorded
 
     chosen: set[int] = {i for i in past if planned[i].step in always}
     for channel in {planned[i].channel for i in past}:
@@ -194,6 +196,4 @@ def _catch_up(
 
 
 def _replace(r: PlannedReminder, **changes: object) -> PlannedReminder:
-    from dataclasses import replace
-
     return replace(r, **changes)  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 _PATTERN = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -19,7 +20,18 @@ def local_instant(day: datetime, at: time, zone: ZoneInfo) -> datetime:
     # PEP 495: with fold=0 a time in a gap is read with the offset from before the transition,
     # which lands it gap-length later on the new clock (01:30 -> 02:30 BST); fold=1 would read it
     # with the later offset and move it backwards, before the gap.
-    return datetime.combine(day.date(), at, tzinfo=zone).astimezone(UTC)
+    if at.tzinfo is not None:
+        return datetime.combine(day.date(), at, tzinfo=zone).astimezone(UTC)
+    return _wall_to_utc(day.date(), at, at.fold, zone)
+
+
+# A session plans ~40 wall times, and the sessions treated on the same days share most of them
+# (day N at 08:00, 20:00): each (date, wall time, zone) is converted once. Pure functions of
+# their key, so a hit returns exactly what the conversion would. ``fold`` is part of the key
+# because times that differ only in fold compare equal.
+@lru_cache(maxsize=16384)
+def _wall_to_utc(day: date, at: time, fold: int, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,20 @@ class QuietHours:
 
     def defer(self, instant: datetime, zone: ZoneInfo) -> datetime:
         """The first allowed minute at or after ``instant`` (UTC in, UTC out)."""
+        if instant.tzinfo is UTC and not instant.fold:
+            return _defer_utc(self, instant, zone)
+        return self._defer(instant, zone)
+
+    def _defer(self, instant: datetime, zone: ZoneInfo) -> datetime:
         local = instant.astimezone(zone)
         if not self.contains(local.time()):
             return instant
         day = local if local.time() < self.end else local + timedelta(days=1)
         return local_instant(day, self.end, zone)
+
+
+# The planner defers each SMS time of a session, and sessions share most of those instants;
+# only UTC instants are cached, so that a hit returns the very value (and tzinfo) a call would.
+@lru_cache(maxsize=16384)
+def _defer_utc(quiet: QuietHours, instant: datetime, zone: ZoneInfo) -> datetime:
+    return quiet._defer(instant, zone)
