@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Reminders queued or sending longer than this are considered stuck.
     stale_after: float = Field(default=300.0, gt=0)
     dispatch_batch: int = Field(default=500, ge=1, le=10_000)
+    # Backpressure: dispatch claims no more while this many reminders wait in the broker
+    # (0: no limit). About two dispatch intervals of what the send workers drain.
+    dispatch_max_queued: int = Field(default=5000, ge=0)
     send_batch: int = Field(default=20, ge=1, le=500)
     worker_concurrency: int = Field(default=2, ge=1)
     # Port for the worker's own Prometheus metrics (0: off).

@@ -21,6 +21,7 @@ from aftercare.cli.main import cli
 from aftercare.runtime import get_runtime, set_runtime
 from aftercare.storage.db import Database
 from aftercare.storage.models import Reminder, TreatmentSession
+from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SEND_QUEUE, parse_queues
 
 REPO = Path(__file__).resolve().parent.parent
 # The CLI's clock (AFTERCARE_CLOCK=file:...) reads this instant.
@@ -323,3 +324,22 @@ def test_check_when_a_regimen_is_malformed_then_fails_naming_file_key_and_reason
     assert result.exit_code != 0
     assert str(regimen) in result.stderr
     assert "steps[4].valid_for: must be a duration" in result.stderr
+
+
+# --- worker -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queues", ["mail", "dispatch,mail", "", "aftercare.other"])
+def test_worker_when_queues_is_unknown_then_exits_2_naming_it_and_starts_nothing(
+    aftercare: Aftercare, queues: str
+) -> None:
+    line = one_error_line(aftercare("worker", "--queues", queues))
+
+    assert line.startswith("error: queues: unknown queue ")
+    assert not aftercare.db_path.exists()
+
+
+def test_worker_queues_take_short_or_full_names_in_the_order_given() -> None:
+    assert parse_queues("dispatch,send") == [DISPATCH_QUEUE, SEND_QUEUE]
+    assert parse_queues(" send ") == [SEND_QUEUE]
+    assert parse_queues(f"{DISPATCH_QUEUE},dispatch") == [DISPATCH_QUEUE]

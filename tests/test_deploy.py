@@ -18,6 +18,7 @@ import yaml
 
 from aftercare.cli.main import cli
 from aftercare.settings import _SECRET_FIELDS, Settings
+from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SEND_QUEUE, celery_settings, parse_queues
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -53,14 +54,23 @@ def test_compose_file_validates_against_the_compose_specification() -> None:
 
 def test_compose_has_the_services_the_operator_expects_each_with_a_health_check() -> None:
     services = _compose()["services"]
-    assert set(services) == {"api", "worker", "beat", "redis", "postgres", "migrate"}
+    assert set(services) == {
+        "api",
+        "dispatcher",
+        "worker",
+        "beat",
+        "redis",
+        "postgres",
+        "migrate",
+    }
     for name, service in services.items():
         if name != "migrate":
             assert "healthcheck" in service, name
     assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["dispatcher"]["deploy"]["replicas"] == 1
     assert "--appendonly" in services["redis"]["command"]
     assert any("postgresql/data" in v for v in services["postgres"]["volumes"])
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "dispatcher", "worker", "beat"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
 
@@ -86,11 +96,35 @@ def test_every_service_command_is_something_the_code_provides() -> None:
             assert callable(getattr(importlib.import_module(module), attr))
         else:
             pytest.fail(f"{name}: unexpected command {command}")
-    health = _compose()["services"]["worker"]["healthcheck"]["test"]
-    app_path = health[health.index("--app") + 1]
-    module, attr = app_path.split(":")
-    assert getattr(importlib.import_module(module), attr).main == "aftercare"
+    for name in ("dispatcher", "worker"):
+        service = _compose()["services"][name]
+        health = service["healthcheck"]["test"]
+        assert health[0] == "CMD-SHELL", name
+        words = health[1].split()
+        module, attr = words[words.index("--app") + 1].split(":")
+        assert getattr(importlib.import_module(module), attr).main == "aftercare"
+        # Each container pings its own node, not whichever worker answers first.
+        node = service["command"][service["command"].index("--hostname") + 1]
+        # "$$" is Compose's escape: the container's shell expands $HOSTNAME, as Celery's %h.
+        assert words[words.index("--destination") + 1] == node.replace("%h", "$$HOSTNAME")
     assert "status" in commands  # the beat health check
+
+
+def test_dispatch_and_send_run_in_separate_workers_that_cover_every_queue() -> None:
+    services = _compose()["services"]
+
+    def queues(name: str) -> list[str]:
+        command = services[name]["command"]
+        assert command[:2] == ["aftercare", "worker"], name
+        return parse_queues(command[command.index("--queues") + 1])
+
+    assert queues("dispatcher") == [DISPATCH_QUEUE]
+    dispatcher = services["dispatcher"]["command"]
+    assert dispatcher[dispatcher.index("--concurrency") + 1] == "1"
+    assert queues("worker") == [SEND_QUEUE]
+    settings = Settings(_env_file=None, broker_url="redis://127.0.0.1:6379/0")
+    routed = {route["queue"] for route in celery_settings(settings)["task_routes"].values()}
+    assert routed == {DISPATCH_QUEUE, SEND_QUEUE}
 
 
 def test_dockerfile_runs_as_non_root_from_the_lock_without_build_tools() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 from zoneinfo import ZoneInfo
@@ -246,11 +247,23 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option(help="Celery node name, e.g. w1@%h (one per worker on a host).")
     ] = None,
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: dispatch (claims due reminders, recovery, retention), send "
+            "(delivers). Production: one 'dispatch' worker with --concurrency 1, 'send' workers "
+            "as many as needed."
+        ),
+    ] = "dispatch,send",
 ) -> None:
     """Run a Celery worker (delivers reminders)."""
     from aftercare.worker.app import app
-    from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SEND_QUEUE
+    from aftercare.worker.celeryconfig import parse_queues
 
+    try:
+        chosen_queues = parse_queues(queues)
+    except ValueError as exc:
+        fail(f"queues: {exc}")
     rt = _runtime()
     if rt.settings.worker_metrics_port:
         from aftercare.ops.worker_metrics import serve_worker_metrics
@@ -260,7 +273,7 @@ def worker(
     argv = [
         "worker",
         f"--loglevel={loglevel or rt.settings.log_level}",
-        f"--queues={DISPATCH_QUEUE},{SEND_QUEUE}",
+        f"--queues={','.join(chosen_queues)}",
         f"--pool={chosen_pool}",
         f"--concurrency={concurrency or rt.settings.worker_concurrency}",
         "--without-gossip",
@@ -288,6 +301,8 @@ def dispatch_once() -> None:
         batch_size=rt.settings.dispatch_batch,
         chunk_size=rt.settings.send_batch,
         time_budget=60.0,
+        max_queued=rt.settings.dispatch_max_queued,
+        stale_after=timedelta(seconds=rt.settings.stale_after),
     )
     typer.echo(json.dumps(summary.as_dict()))
 

@@ -4,6 +4,14 @@ The claim is ``SELECT ... WHERE state = 'scheduled' AND due_at <= now ORDER BY d
 FOR UPDATE SKIP LOCKED`` (a range scan of a partial index), then a guarded UPDATE to
 ``queued``, committed *before* anything is published. On PostgreSQL several dispatchers can
 run at once; on SQLite ``BEGIN IMMEDIATE`` serialises them.
+
+Backpressure: before each batch the dispatcher counts the reminders already ``queued`` (a range
+scan of ``ix_reminders_in_flight``) and claims only what keeps that count under
+``max_queued``. Claims then follow the workers' drain: while a backlog is due the broker holds
+seconds of work, not the whole backlog, and a reminder that falls due meanwhile is not stuck
+behind it. Only reminders queued within ``stale_after`` count: older ones are recovery's
+(:func:`requeue_stale_queued`), so a broker that lost its messages cannot hold dispatch back
+for longer than recovery takes to notice.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from aftercare.clock import Clock
@@ -34,6 +42,8 @@ class DispatchSummary:
     published: int = 0
     batches: int = 0
     returned: int = 0
+    # 1 when the run stopped because ``max_queued`` reminders were already queued.
+    held_back: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -41,7 +51,21 @@ class DispatchSummary:
             "published": self.published,
             "batches": self.batches,
             "returned": self.returned,
+            "held_back": self.held_back,
         }
+
+
+def count_queued(db_session: Session, *, since: datetime, limit: int) -> int:
+    """How many reminders were queued at or after ``since`` and are still queued, counting no
+    further than ``limit`` (an index-only range scan of ``ix_reminders_in_flight``)."""
+    recent = (
+        select(literal_column("1"))
+        .select_from(Reminder)
+        .where(Reminder.state == states.QUEUED, Reminder.updated_at >= since)
+        .limit(limit)
+        .subquery()
+    )
+    return int(db_session.scalar(select(func.count()).select_from(recent)) or 0)
 
 
 def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
@@ -68,15 +92,27 @@ def dispatch_due(
     batch_size: int = 500,
     chunk_size: int = 20,
     time_budget: float = 1.5,
+    max_queued: int = 0,
+    stale_after: timedelta = timedelta(minutes=5),
     observe_batch: Callable[[int], None] | None = None,
 ) -> DispatchSummary:
-    """Claim and publish due reminders in batches until none are left or the budget is spent."""
+    """Claim and publish due reminders in batches until none are left, the budget is spent or
+    ``max_queued`` reminders are queued (0: no limit); see the module docstring."""
     summary = DispatchSummary()
     started = time.monotonic()
     while True:
         now = clock.now()
+        limit = batch_size
         with db.session() as db_session:
-            ids = claim_due(db_session, now=now, limit=batch_size)
+            if max_queued:
+                room = max_queued - count_queued(
+                    db_session, since=now - stale_after, limit=max_queued
+                )
+                if room <= 0:
+                    summary.held_back = 1
+                    return summary
+                limit = min(batch_size, room)
+            ids = claim_due(db_session, now=now, limit=limit)
         crash_point("dispatch_after_claim")
         summary.claimed += len(ids)
         if observe_batch is not None:
@@ -107,12 +143,18 @@ def dispatch_due(
                 )
                 raise
             summary.published += len(chunk)
-        if len(ids) < batch_size or time.monotonic() - started > time_budget:
+        if len(ids) < limit or time.monotonic() - started > time_budget:
             return summary
 
 
 def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) -> int:
-    """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart)."""
+    """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart).
+
+    The dispatcher's backpressure keeps the broker's backlog to seconds of work, so a reminder
+    still queued after ``stale_after`` has lost its message (or its worker); one whose message
+    is merely late is harmless to requeue too, as its first send task to run claims it and the
+    other finds it no longer queued.
+    """
     now = clock.now()
     with db.session() as db_session:
         stale = list(

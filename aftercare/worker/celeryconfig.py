@@ -11,6 +11,20 @@ from aftercare.settings import Settings
 
 DISPATCH_QUEUE = "aftercare.dispatch"
 SEND_QUEUE = "aftercare.send"
+# ``aftercare worker --queues`` takes these short names or the queue names themselves.
+QUEUES = {"dispatch": DISPATCH_QUEUE, "send": SEND_QUEUE}
+
+
+def parse_queues(text: str) -> list[str]:
+    """Queue names from a comma-separated list of ``dispatch``/``send`` (or the full names)."""
+    chosen: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        name = QUEUES.get(part, part)
+        if name not in QUEUES.values():
+            raise ValueError(f"unknown queue {part!r}; use dispatch, send or both")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:

@@ -44,13 +44,15 @@ def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
         batch_size=rt.settings.dispatch_batch,
         chunk_size=rt.settings.send_batch,
         time_budget=rt.settings.dispatch_interval * 0.8,
+        max_queued=rt.settings.dispatch_max_queued,
+        stale_after=timedelta(seconds=rt.settings.stale_after),
         observe_batch=metrics.CLAIM_BATCH.observe,
     )
     with rt.db.session() as db_session:
         heartbeat.beat(
             db_session, name=heartbeat.DISPATCHER, now=rt.clock.now(), detail=summary.as_dict()
         )
-    if summary.claimed:
+    if summary.claimed or summary.held_back:
         log.info("dispatched", extra=summary.as_dict())
     return summary.as_dict()
 
