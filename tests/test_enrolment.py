@@ -225,12 +225,22 @@ BAD_INPUTS = [
     pytest.param(
         {"name": "Jane\u202eeoD"}, (PATIENT, "name"), "control or invisible", id="name-rtl"
     ),
+    pytest.param({"name": "Jane\x7fDoe"}, (PATIENT, "name"), "control or invisible", id="name-del"),
+    pytest.param(
+        {"name": "Jane\u00a0\u200bDoe"}, (PATIENT, "name"), "control or invisible", id="name-zwsp"
+    ),
     pytest.param({"name": "J" * 10_000}, (PATIENT, "name"), "longer than 200", id="name-10k-chars"),
     pytest.param(
         {"phone": "12345"}, (PATIENT, "phone"), "not a valid phone number", id="phone-short"
     ),
     pytest.param(
         {"phone": "+44 20 7946 0000"}, (PATIENT, "phone"), "not a mobile", id="phone-landline"
+    ),
+    pytest.param(
+        {"phone": "+44 7911 12345"}, (PATIENT, "phone"), "not a valid phone", id="phone-one-short"
+    ),
+    pytest.param(
+        {"phone": "+800 1234 5678"}, (PATIENT, "phone"), "not a mobile", id="phone-freephone"
     ),
     pytest.param(
         {"phone": "not a number"}, (PATIENT, "phone"), "not a phone number", id="phone-words"

@@ -47,8 +47,15 @@ class ValidationFailed(ValueError):
         super().__init__("; ".join(str(e) for e in self.errors))
 
 
+_CONTROL = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
 def _has_control_chars(text: str) -> bool:
-    return any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in text)
+    # ASCII has no format, surrogate, private-use or unassigned characters, and its control
+    # characters (0x00-0x1f, 0x7f) are exactly the ones str.isprintable() refuses.
+    if text.isascii():
+        return not text.isprintable()
+    return any(unicodedata.category(ch) in _CONTROL for ch in text)
 
 
 def clean_name(value: object, loc: Loc) -> str:
@@ -76,9 +83,11 @@ def clean_phone(value: object, loc: Loc, *, region: str = "GB") -> str:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
         raise ValidationFailed([FieldError(loc, "is not a phone number")]) from exc
-    if not phonenumbers.is_valid_number(number):
-        raise ValidationFailed([FieldError(loc, "is not a valid phone number")])
+    # number_type is UNKNOWN exactly when is_valid_number is false: one match of the number
+    # against its region's patterns instead of two.
     kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
+        raise ValidationFailed([FieldError(loc, "is not a valid phone number")])
     if kind not in (
         phonenumbers.PhoneNumberType.MOBILE,
         phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
