@@ -15,7 +15,7 @@ from aftercare.channels.base import TransportError
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, states
 from aftercare.reminders.fallback import after_failure
-from aftercare.reminders.retry import MAX_ATTEMPTS
+from aftercare.reminders.retry import BASE, CAP, MAX_ATTEMPTS
 from aftercare.reminders.status import apply_status
 from aftercare.runtime import Runtime
 from aftercare.storage.models import AuditEvent, Flag, Patient, Reminder, TreatmentSession
@@ -186,8 +186,9 @@ def test_transient_errors_until_attempts_run_out_then_flagged_and_email_sent(
     busy = TransportError("busy", permanent=False, code="20429")
     deps = failing_sms(runtime, *[busy] * MAX_ATTEMPTS)
     outcomes = deliver_all(runtime, ids, deps)
-    for _ in range(MAX_ATTEMPTS - 1):
-        clock.advance(timedelta(minutes=30))
+    for attempt in range(1, MAX_ATTEMPTS):
+        # The longest backoff after this attempt (30 minutes flaked: the 7th waits up to 32).
+        clock.advance(min(CAP, BASE * 2 ** (attempt - 1)))
         outcomes += deliver_all(runtime, claim_all(runtime), deps)
     assert outcomes == ["retry"] * (MAX_ATTEMPTS - 1) + [states.FAILED]
     assert the_patient(runtime).sms_blocked_at is None  # busy is not a bad number

@@ -48,9 +48,18 @@ class OutboxTransport:
         return SendResult(provider_id=f"outbox-{message.key}")
 
     def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
-        if self._path(message).exists():
+        # The sent.log line is written first, in one write: a process killed after it (by
+        # another of its send threads, say) has sent the message even if its file is missing.
+        if self._path(message).exists() or self._logged(message.key):
             return SendResult(provider_id=f"outbox-{message.key}")
         return None
+
+    def _logged(self, key: str) -> bool:
+        try:
+            with (self.folder / "sent.log").open(encoding="utf-8") as log:
+                return any(line.rstrip("\n") == key for line in log)
+        except FileNotFoundError:
+            return False
 
 
 def _encode(message: Message, sender: str) -> bytes:

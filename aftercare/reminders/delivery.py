@@ -12,7 +12,10 @@ replaced by its email version (:mod:`aftercare.reminders.fallback`).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -117,8 +120,9 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     """Send a batch of queued reminders, each one independently idempotent.
 
     One transaction checks every reminder, moves the sendable ones to ``sending`` and writes
-    their attempts; then each message goes to its provider; then one transaction records the
-    successes (failures are recorded one by one). Returns an outcome per id, in order.
+    their attempts; then the messages go to their providers, concurrently (:data:`SEND_THREADS`);
+    then one transaction records the successes (failures are recorded one by one, by the thread
+    that saw them). Returns an outcome per id, in order.
     """
     now = deps.clock.now()
     outcomes: dict[int, str] = {}
@@ -177,40 +181,107 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
             )
     # Committed: from here a crash leaves 'sending' reminders with pending attempts.
     sent: list[tuple[_Prepared, SendResult]] = []
-    for item in prepared:
-        transport = deps.transports[item.channel]
+    unexpected: BaseException | None = None
+    for item, (outcome, result, error) in zip(
+        prepared, _send_all(deps, prepared, started=now), strict=True
+    ):
+        if result is not None:
+            sent.append((item, result))
+        elif error is not None:
+            unexpected = unexpected or error
+        else:
+            outcomes[item.reminder_id] = outcome
+    # Even when one send broke unexpectedly, the accepted ones are recorded before it is raised
+    # (unrecorded, they would wait in 'sending' for recovery to ask the provider).
+    _record_sent(deps, [(item.reminder_id, item.attempt_id, result) for item, result in sent])
+    crash_point("after_record")
+    if unexpected is not None:
+        raise unexpected
+    for item, _ in sent:
+        outcomes[item.reminder_id] = states.SENT
+    return [outcomes[i] for i in reminder_ids]
+
+
+# A batch's messages go to their providers concurrently, on this many threads per process: the
+# transports wait on sockets (and the SMS rate limiter sleeps), so one process keeps several
+# round trips in flight instead of waiting for each in turn.
+SEND_THREADS = 8
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _send_pool() -> ThreadPoolExecutor:
+    """This process's send threads, started on first use (never in a parent before a fork)."""
+    global _pool  # noqa: PLW0603 - one pool per process
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="aftercare-send")
+        return _pool
+
+
+def _forget_pool() -> None:
+    # A forked child inherits the parent's pool object but none of its threads.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+# What one send came to: (outcome, result when accepted, unexpected exception).
+_SendOutcome = tuple[str, SendResult | None, BaseException | None]
+
+
+def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> list[_SendOutcome]:
+    """Send every prepared message (concurrently when there are several); outcomes in order."""
+    # Built here, in one thread: the lazy transports are not meant to be built concurrently.
+    transports = {channel: deps.transports[channel] for channel in {i.channel for i in prepared}}
+    if len(prepared) <= 1 or SEND_THREADS <= 1:
+        return [_send_one(deps, transports[i.channel], i, started=started) for i in prepared]
+    pool = _send_pool()
+    futures = [
+        pool.submit(_send_one, deps, transports[i.channel], i, started=started) for i in prepared
+    ]
+    return [future.result() for future in futures]
+
+
+def _send_one(
+    deps: Deps, transport: Transport, item: _Prepared, *, started: datetime
+) -> _SendOutcome:
+    """Send one message and settle a failed send (each in its own database session)."""
+    try:
         if not _still_ours(deps, item):
-            outcomes[item.reminder_id] = "taken-over"
-            continue
+            return "taken-over", None, None
         crash_point("before_send")
         try:
             result = transport.send(item.message)
         except TransportError as exc:
             metrics.PROVIDER_ERRORS.labels(transport.name, exc.code or "none").inc()
             if exc.ambiguous:
-                outcomes[item.reminder_id] = _settle_ambiguous(
-                    deps,
-                    reminder_id=item.reminder_id,
-                    attempt_id=item.attempt_id,
-                    message=item.message,
-                    transport=transport,
-                    started=now,
+                return (
+                    _settle_ambiguous(
+                        deps,
+                        reminder_id=item.reminder_id,
+                        attempt_id=item.attempt_id,
+                        message=item.message,
+                        transport=transport,
+                        started=started,
+                    ),
+                    None,
+                    None,
                 )
-            else:
-                outcomes[item.reminder_id] = _record_failure(
-                    deps, item.reminder_id, item.attempt_id, item.attempts, exc
-                )
-            continue
+            return (
+                _record_failure(deps, item.reminder_id, item.attempt_id, item.attempts, exc),
+                None,
+                None,
+            )
         metrics.LATENESS.labels(item.channel).observe(
             max((deps.clock.now() - item.due_at).total_seconds(), 0.0)
         )
-        sent.append((item, result))
         crash_point("after_send")
-    _record_sent(deps, [(item.reminder_id, item.attempt_id, result) for item, result in sent])
-    crash_point("after_record")
-    for item, _ in sent:
-        outcomes[item.reminder_id] = states.SENT
-    return [outcomes[i] for i in reminder_ids]
+        return states.SENT, result, None
+    except Exception as exc:  # noqa: BLE001 - raised by deliver_batch once the batch is recorded
+        return "error", None, exc
 
 
 def _still_ours(deps: Deps, item: _Prepared) -> bool:
