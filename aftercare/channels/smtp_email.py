@@ -7,6 +7,10 @@
     smtps://user:pass@host:465          implicit TLS
     ...?timeout=30                      connect/read timeout in seconds
 
+Connections are kept open and reused (a few per process, each closed after
+``IDLE_SECONDS`` unused); a refused message is followed by RSET, and a kept connection the
+server has dropped is replaced before anything of the message is sent.
+
 Replies: 4xx retry, 5xx fail permanently. The envelope and the DATA command are sent step by
 step so that a connection lost *after the message body went out* can be told apart from one
 lost before: only the former is ambiguous (the server may have queued it). SMTP keeps no
@@ -17,10 +21,14 @@ the patient gets the same email twice, which is acceptable for email (never for 
 from __future__ import annotations
 
 import email.policy
+import os
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,20 +141,44 @@ def _expect(reply: tuple[int, bytes], *accepted: int) -> None:
         raise smtplib.SMTPResponseException(code, text)
 
 
+# A connection that waited longer than this is closed rather than used again: servers drop idle
+# clients (RFC 5321 lets them after 5 minutes, many sooner), and a reconnect costs less than
+# discovering a dead connection.
+IDLE_SECONDS = 15.0
+# Connections kept open between messages, per process: as many as delivery's send threads.
+MAX_IDLE = 8
+# Failures after which the connection cannot carry another message.
+_CONNECTION_LOST = frozenset({"connection", "tls", "disconnected", "421"})
+
+
 class SmtpTransport:
-    """One connection per message: reminders are few and spread out, so pooling buys nothing."""
+    """Email over SMTP, reusing connections: a batch's emails (sent by several threads at once)
+    go over a few open, logged-in connections instead of one new connection each (EHLO,
+    STARTTLS and AUTH are most of an email's round trips). Thread-safe."""
 
     name = "smtp"
     channel: Literal["sms", "email"] = "email"
 
     def __init__(
-        self, *, config: SmtpConfig, sender: str, ssl_context: ssl.SSLContext | None = None
+        self,
+        *,
+        config: SmtpConfig,
+        sender: str,
+        ssl_context: ssl.SSLContext | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.sender = sender
         self.envelope_from = parseaddr(sender)[1] or sender
         # Injected by tests that trust their own certificate; otherwise the system's CAs.
         self._ssl_context = ssl_context
+        self._monotonic = monotonic
+        # Open connections not in use, with when each was last used; this process's only.
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._idle_pid = os.getpid()
+        self._lock = threading.Lock()
+        # A transport dropped without close() still closes its sockets (no QUIT).
+        weakref.finalize(self, _close_all, self._idle)
 
     @classmethod
     def from_url(
@@ -158,16 +190,71 @@ class SmtpTransport:
         if not isinstance(message, EmailMessage):
             raise TypeError("the SMTP transport sends email only")
         mime = build_mime(message, sender=self.sender)
-        client = self._connect()
+        client = self._take()
+        reused = client is not None
+        if client is None:
+            client = self._connect()
         try:
-            self._transmit(client, mime, message.to)
+            try:
+                self._transmit(client, mime, message.to)
+            except TransportError as exc:
+                if not (reused and exc.code in _CONNECTION_LOST and not exc.ambiguous):
+                    raise
+                # The server dropped the kept connection while it waited; nothing of this
+                # message was accepted (the body was not sent): once more on a new connection.
+                client.close()
+                client = self._connect()
+                self._transmit(client, mime, message.to)
+        except TransportError as exc:
+            if exc.ambiguous or exc.code in _CONNECTION_LOST or not _reset(client):
+                client.close()
+            else:
+                # A refusal of this message only (RSET done): the connection carries the next.
+                self._give_back(client)
+            raise
         except BaseException:
             # No QUIT: the server may be hung, and QUIT would wait out another timeout.
             client.close()
             raise
-        _quit(client)
+        self._give_back(client)
         message_id = str(mime["Message-ID"] or message.key).strip().strip("<>")
         return SendResult(provider_id=message_id[:64])
+
+    def close(self) -> None:
+        """Say goodbye on every kept connection (they are otherwise left to the server's idle
+        timeout when the process ends)."""
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+        for client, _ in idle:
+            _quit(client)
+
+    def _take(self) -> smtplib.SMTP | None:
+        """A kept connection that has not waited too long, or None."""
+        stale: list[smtplib.SMTP] = []
+        found: smtplib.SMTP | None = None
+        with self._lock:
+            if self._idle_pid != os.getpid():
+                # Forked: the parent's connections are not ours to use (nor to close).
+                self._idle.clear()
+                self._idle_pid = os.getpid()
+            now = self._monotonic()
+            while self._idle:
+                client, since = self._idle.pop()
+                if now - since <= IDLE_SECONDS:
+                    found = client
+                    break
+                stale.append(client)
+        for client in stale:
+            client.close()
+        return found
+
+    def _give_back(self, client: smtplib.SMTP) -> None:
+        with self._lock:
+            if self._idle_pid == os.getpid() and len(self._idle) < MAX_IDLE:
+                self._idle.append((client, self._monotonic()))
+                return
+        _quit(client)
 
     def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
         raise LookupUnsupported("SMTP servers keep no message log a client can query")
@@ -258,6 +345,22 @@ class SmtpTransport:
         # The server's final answer, whatever it is, is not ambiguous.
         with _classified("data"):
             _expect(reply, 250)
+
+
+def _close_all(idle: list[tuple[smtplib.SMTP, float]]) -> None:
+    for client, _ in idle:
+        client.close()
+    idle.clear()
+
+
+def _reset(client: smtplib.SMTP) -> bool:
+    """RSET after a refused message, so the connection can carry the next one; False if the
+    connection cannot."""
+    try:
+        code, _ = client.rset()
+    except (smtplib.SMTPException, OSError):
+        return False
+    return code == 250
 
 
 def _quit(client: smtplib.SMTP) -> None:
