@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     email_transport: Literal["console", "outbox", "smtp"] = "outbox"
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
+    # One sender (number or alphanumeric ID), or a comma-separated pool of E.164 numbers.
     twilio_from: str = ""
     twilio_messaging_service_sid: str = ""
     twilio_api_base: str = "https://api.twilio.com"
@@ -99,6 +100,14 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("twilio_from")
+    @classmethod
+    def _twilio_senders(cls, value: str) -> str:
+        from aftercare.channels.senders import parse_senders
+
+        parse_senders(value)  # a list must hold E.164 numbers only; names a bad entry
         return value
 
     @field_validator("quiet_hours")

@@ -28,6 +28,7 @@ from aftercare.channels.ratelimit import (
     build_rate_limiter,
     interval_for,
 )
+from aftercare.channels.senders import pick_sender
 from aftercare.channels.twilio_sms import TwilioTransport
 from aftercare.clock import FileClock
 from aftercare.reminders import states
@@ -166,8 +167,23 @@ def _wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> No
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("senders", "send_batch"),
+    [
+        # One reminder per task: the burst spreads over every process.
+        ((CLINIC_NUMBER,), "1"),
+        # A pool of numbers, several reminders per task: a batch's SMS go out concurrently.
+        ((CLINIC_NUMBER, "+15005550007", "+15005550008"), "4"),
+    ],
+    ids=["one-sender", "sender-pool"],
+)
 def test_burst_of_due_sms_through_two_workers_stays_under_mps_and_sends_each_once(
-    tmp_path: Path, pg_url: str, redis_url: str, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path,
+    pg_url: str,
+    redis_url: str,
+    processes: list[subprocess.Popen[bytes]],
+    senders: tuple[str, ...],
+    send_batch: str,
 ) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -187,10 +203,10 @@ def test_burst_of_due_sms_through_two_workers_stays_under_mps_and_sends_each_onc
         AFTERCARE_TWILIO_API_BASE=fake.url,
         AFTERCARE_TWILIO_ACCOUNT_SID=ACCOUNT_SID,
         AFTERCARE_TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        AFTERCARE_TWILIO_FROM=CLINIC_NUMBER,
+        AFTERCARE_TWILIO_FROM=", ".join(senders),
         AFTERCARE_PUBLIC_BASE_URL=PUBLIC_URL,
         AFTERCARE_SMS_MPS=str(MPS),
-        AFTERCARE_SEND_BATCH="1",  # one reminder per task: the burst spreads over every process
+        AFTERCARE_SEND_BATCH=send_batch,
         AFTERCARE_SECRET_KEY=TEST_SECRET,
         AFTERCARE_LOG_LEVEL="DEBUG",
     )
@@ -245,8 +261,13 @@ def test_burst_of_due_sms_through_two_workers_stays_under_mps_and_sends_each_onc
 
     assert [r.answer for r in fake.received if r.answer != "201"] == []  # no 429s, no errors
     assert sorted(r.to for r in fake.received) == sorted(_phones())  # each exactly once
-    assert {r.from_ for r in fake.received} == {CLINIC_NUMBER}
-    assert max(window_counts([r.at for r in fake.received])) <= MPS
+    # Each patient's SMS from their own pool number; every sender used, none above its MPS.
+    assert {r.to: r.from_ for r in fake.received} == {
+        phone: pick_sender(senders, phone) for phone in _phones()
+    }
+    assert {r.from_ for r in fake.received} == set(senders)
+    for sender in senders:
+        assert max(window_counts([r.at for r in fake.received if r.from_ == sender])) <= MPS
     worker_logs = [(logs / f"worker-{name}.log").read_text(errors="replace") for name in "ab"]
     assert all('reminder(s)"' in text for text in worker_logs), "one worker sent nothing"
     for text in worker_logs:

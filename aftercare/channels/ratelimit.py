@@ -6,10 +6,11 @@ shared limit each worker process would send as fast as it can and the burst woul
 
 The limit is a GCRA (generic cell rate algorithm) with *reservations*: a caller atomically takes
 the next free slot for its sender (one Lua script, Redis's own clock, so every worker agrees on
-time), then sleeps until that slot. Each caller holds at most one slot, so waits stay short (about
-``processes / rate`` seconds); the backlog waits in the broker, in due order, not in sleeping
-workers. Slots are spaced ``1 / (mps * HEADROOM)`` seconds apart with no burst allowance, so a
-one-second window never holds more than ``mps`` sends even when network jitter bunches them.
+time), then sleeps until that slot. Each caller holds at most one slot, and a process has only
+a few callers per sender (``twilio_sms.in_flight_per_sender``), so waits stay short; the backlog
+waits in the broker, in due order, not in sleeping workers. Slots are spaced
+``1 / (mps * HEADROOM)`` seconds apart with no burst allowance, so a one-second window never
+holds more than ``mps`` sends even when network jitter bunches them.
 
 Without Redis (the embedded default, one worker process) an in-process limiter gives the same
 spacing within that process only.

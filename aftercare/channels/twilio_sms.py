@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from aftercare.channels.ratelimit import (
     RateLimitTimeout,
     build_rate_limiter,
 )
+from aftercare.channels.senders import parse_senders, pick_sender
 
 if TYPE_CHECKING:
     from aftercare.settings import Settings
@@ -126,6 +128,14 @@ class _RedactRecipient(logging.Filter):
 _REDACT_RECIPIENT = _RedactRecipient()
 
 
+def in_flight_per_sender(mps: float) -> int:
+    """How many sends to one sender a process may have under way (waiting for a slot or for
+    Twilio's answer): a quarter of a second's worth, at least one. Every one of them holds a
+    reserved slot, so this keeps each wait near *processes ÷ 4* seconds, far below MAX_WAIT,
+    while a fast sender still gets several round trips in flight."""
+    return max(1, min(64, int(mps / 4)))
+
+
 def missing_settings(settings: Settings) -> list[str]:
     """The ``AFTERCARE_*`` variables the Twilio transport needs and does not have."""
     missing = [
@@ -139,7 +149,8 @@ def missing_settings(settings: Settings) -> list[str]:
 
 
 class TwilioTransport:
-    """Send SMS through Twilio's Messages API, one sender, paced by a shared rate limiter."""
+    """Send SMS through Twilio's Messages API, from one sender or a pool of numbers, each paced
+    by a shared rate limiter. Safe to call from several threads at once."""
 
     name = "twilio"
     channel: Literal["sms", "email"] = "sms"
@@ -155,18 +166,25 @@ class TwilioTransport:
         api_base: str = "https://api.twilio.com",
         limiter: RateLimiter,
         timeouts: Timeouts | None = None,
+        in_flight: int = 1,
     ) -> None:
         if not (account_sid and auth_token and (from_ or messaging_service_sid)):
             raise ValueError("Twilio needs an account SID, an auth token and a sender")
         self._account_sid = account_sid
         self._auth_token = auth_token
-        self._from = from_
+        # One sender, or a pool of numbers (each patient always texted from the same one).
+        self._senders = parse_senders(from_)
         self._messaging_service_sid = messaging_service_sid
         self._status_callback = status_callback
         self._api_base = api_base.rstrip("/")
         self._limiter = limiter
         self._timeouts = timeouts or Timeouts()
-        self._client: Any = None
+        # One twilio client (its own requests session) per sending thread: delivery sends a
+        # batch's messages concurrently, and the client keeps per-request state.
+        self._local = threading.local()
+        self._in_flight = in_flight
+        self._gates: dict[str, threading.BoundedSemaphore] = {}
+        self._gates_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -191,16 +209,36 @@ class TwilioTransport:
             limiter=limiter
             or build_rate_limiter(broker_url=settings.broker_url, mps=settings.sms_mps),
             timeouts=timeouts,
+            in_flight=in_flight_per_sender(settings.sms_mps),
         )
 
     @property
     def sender(self) -> str:
-        """What Twilio's per-sender limit counts against: the number/ID or the service."""
-        return self._messaging_service_sid or self._from
+        """What Twilio's per-sender limit counts against: the number/ID or the service (with a
+        pool of numbers, the first one; :meth:`sender_for` picks a patient's)."""
+        return self._messaging_service_sid or self._senders[0]
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        """Every sender messages may come from: the service, or the number(s)."""
+        return (self._messaging_service_sid,) if self._messaging_service_sid else self._senders
+
+    def sender_for(self, to: str) -> str:
+        """The sender that texts ``to``: the service, or this number's pool number."""
+        return self._messaging_service_sid or pick_sender(self._senders, to)
+
+    def _gate(self, sender: str) -> threading.BoundedSemaphore:
+        with self._gates_lock:
+            gate = self._gates.get(sender)
+            if gate is None:
+                gate = self._gates[sender] = threading.BoundedSemaphore(self._in_flight)
+            return gate
 
     def _messages(self) -> Any:
-        """Twilio's Messages list, with the client built on first use (never at import)."""
-        if self._client is None:
+        """Twilio's Messages list, with this thread's client built on first use (never at
+        import)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
             from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
 
@@ -213,21 +251,27 @@ class TwilioTransport:
             client.api.base_url = self._api_base
             # Lookups filter by recipient in the query string; keep it out of DEBUG logs.
             logging.getLogger("urllib3.connectionpool").addFilter(_REDACT_RECIPIENT)
-            self._client = client
-        return self._client.messages
+            self._local.client = client
+        return client.messages
 
     def send(self, message: Message) -> SendResult:
         """Hand one SMS to Twilio (after waiting for this sender's slot)."""
         if not isinstance(message, SmsMessage):
             raise TypeError("the Twilio transport sends SMS only")
         messages = self._messages()
-        sender: dict[str, str] = (
-            {"messaging_service_sid": self._messaging_service_sid}
-            if self._messaging_service_sid
-            else {"from_": self._from}
+        sender = self.sender_for(message.to)
+        sent_from: dict[str, str] = (
+            {"messaging_service_sid": sender} if self._messaging_service_sid else {"from_": sender}
         )
+        # At most a few sends per sender under way in this process: each one holds a slot.
+        with self._gate(sender):
+            return self._send(messages, message, sender, sent_from)
+
+    def _send(
+        self, messages: Any, message: SmsMessage, sender: str, sent_from: dict[str, str]
+    ) -> SendResult:
         try:
-            self._limiter.acquire(self.sender)
+            self._limiter.acquire(sender)
         except RateLimitTimeout as exc:
             raise TransportError(str(exc), permanent=False, code="rate-limited") from None
         except RateLimiterUnavailable as exc:
@@ -240,7 +284,7 @@ class TwilioTransport:
                 to=message.to,
                 body=message.body,
                 status_callback=self._status_callback,
-                **sender,
+                **sent_from,
             )
         except TwilioException as exc:
             raise _refused(exc, number=message.to) from None
