@@ -151,6 +151,26 @@ def test_late_session_when_enrolled_then_every_reminder_column_is_stored_as_plan
     }
 
 
+def test_record_session_when_it_returns_then_the_session_object_holds_what_was_stored(
+    runtime: Runtime,
+) -> None:
+    valid = validate_request(
+        make_request(), registry=runtime.registry, quiet=runtime.quiet, now=NOW
+    )
+    columns = [c.name for c in TreatmentSession.__table__.columns]
+    with runtime.db.session() as db_session:
+        session = record_session(db_session=db_session, valid=valid, now=NOW, created_by_id=None)
+        returned = {c: getattr(session, c) for c in columns}
+        patient_name = session.patient.name
+
+    with runtime.db.session() as db_session:
+        stored = db_session.get_one(TreatmentSession, returned["id"])
+        assert {c: getattr(stored, c) for c in columns} == returned
+    assert patient_name == "Jane Doe"
+    assert returned["status"] == "active"
+    assert returned["created_by_id"] is None
+
+
 def test_valid_request_when_enrolled_then_contact_details_are_normalised(
     runtime: Runtime,
 ) -> None:

@@ -137,8 +137,7 @@ def enrol(
 ) -> TreatmentSession:
     """Validate, plan and store a new session (and its patient); audited as ``enrol``."""
     valid = validate_request(request, registry=registry, quiet=quiet, now=now)
-    session = record_session(db_session=db_session, valid=valid, now=now)
-    session.created_by_id = actor_id
+    session = record_session(db_session=db_session, valid=valid, now=now, created_by_id=actor_id)
     audit.record(
         db_session=db_session,
         action="enrol",

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
@@ -159,45 +159,69 @@ def _regimen_over(planned: list[PlannedReminder], regimen: Regimen) -> bool:
 
 
 def record_session(
-    *, db_session: Session, valid: ValidSession, now: datetime, patient: Patient | None = None
+    *,
+    db_session: Session,
+    valid: ValidSession,
+    now: datetime,
+    patient: Patient | None = None,
+    created_by_id: int | None = None,
 ) -> TreatmentSession:
     """Store the patient (unless given), the session and every planned reminder; no commit.
 
-    The reminders are written with one Core INSERT of plain rows, not as ORM objects: building
-    46 instrumented objects and letting the unit of work flush them cost most of an enrolment.
-    Nothing in the transaction reads ``session.reminders`` afterwards (a later access loads them
-    from the database, where they are by then).
+    The rows are written with Core INSERTs, not through the unit of work: building the
+    instrumented objects and flushing them cost most of an enrolment. The session comes back
+    as a persistent ORM object holding exactly what was inserted (no query to read it back);
+    its ``reminders`` are loaded from the database if asked for.
     """
+    connection = db_session.connection()
+    channels = ",".join(valid.channels)
     if patient is None:
-        patient = Patient(
-            public_id=secrets.token_hex(16),
-            name=valid.name,
-            phone=valid.phone,
-            email=valid.email,
-            timezone=valid.timezone,
-            channels=",".join(valid.channels),
-            created_at=now,
-        )
-        db_session.add(patient)
-    session = TreatmentSession(
-        patient=patient,
-        regimen_id=valid.regimen.id,
-        regimen_version=valid.regimen.version,
-        treated_at=valid.treated_at,
-        recorded_at=now,
-        timezone=valid.timezone,
-        parameters=dict(valid.parameters),
-        channels=",".join(valid.channels),
-        status="active",
-        consent=True,
-        contraindications_checked=True,
-    )
-    db_session.add(session)
-    db_session.flush()
+        patient_id = connection.execute(
+            insert(Patient).returning(Patient.id),
+            {
+                "public_id": secrets.token_hex(16),
+                "name": valid.name,
+                "phone": valid.phone,
+                "email": valid.email,
+                "timezone": valid.timezone,
+                "channels": channels,
+                "created_at": now,
+            },
+        ).scalar_one()
+    else:
+        db_session.flush()
+        patient_id = patient.id
+    values: dict[str, Any] = {
+        "patient_id": patient_id,
+        "regimen_id": valid.regimen.id,
+        "regimen_version": valid.regimen.version,
+        "treated_at": valid.treated_at,
+        "recorded_at": now,
+        "timezone": valid.timezone,
+        "parameters": dict(valid.parameters),
+        "channels": channels,
+        "status": "active",
+        "consent": True,
+        "contraindications_checked": True,
+        "created_by_id": created_by_id,
+    }
+    session_id = connection.execute(
+        insert(TreatmentSession).returning(TreatmentSession.id), values
+    ).scalar_one()
     if valid.plan:
-        db_session.connection().execute(
-            insert(Reminder), reminder_rows(session.id, valid.plan, now)
-        )
+        connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
+    # Every column set (those the INSERT left NULL too), so no attribute is expired and reading
+    # one never queries; then attached as if loaded.
+    session = TreatmentSession(
+        id=session_id,
+        **values,
+        checkin_answer=None,
+        checkin_answered_at=None,
+        paused_at=None,
+        cancelled_at=None,
+    )
+    make_transient_to_detached(session)
+    db_session.add(session)
     return session
 
 
