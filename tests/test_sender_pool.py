@@ -188,3 +188,33 @@ def test_delivery_when_pool_then_a_batch_goes_out_concurrently_and_recorded(
     assert {r.to: r.from_ for r in server.received} == {
         phone: pick_sender(POOL, phone) for phone in PHONES[:12]
     }
+
+
+@pytest.mark.parametrize("pool_number", POOL)
+def test_reply_to_any_pool_number_then_handled_for_the_patient(
+    runtime: Runtime, clock: FixedClock, pool_number: str
+) -> None:
+    """Replies arrive at whichever pool number texted the patient: STOP to any of them
+    withdraws the patient's SMS consent (the webhook goes by ``From``, not ``To``)."""
+    from fastapi.testclient import TestClient
+
+    from aftercare.web.app import create_app
+    from tests.factories import PATIENT_PHONE
+    from tests.test_inbound import AUTH_TOKEN, PUBLIC, patient
+    from tests.test_inbound import FakeTwilio as Webhooks
+
+    runtime.settings = runtime.settings.model_copy(
+        update={
+            "twilio_auth_token": AUTH_TOKEN,
+            "public_base_url": PUBLIC,
+            "twilio_from": ",".join(POOL),
+        }
+    )
+    enrol(runtime)
+    with TestClient(create_app(runtime)) as client:
+        webhooks = Webhooks(client)
+        params = webhooks.sms_params("STOP", sender=PATIENT_PHONE)
+        params["To"] = pool_number
+        response = webhooks.post("/webhooks/twilio/inbound", params)
+    assert response.status_code == 200
+    assert patient(runtime).sms_opted_out_at == clock.now()

@@ -11,6 +11,7 @@ replaced by its email version (:mod:`aftercare.reminders.fallback`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -239,10 +240,15 @@ def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> li
     if len(prepared) <= 1 or SEND_THREADS <= 1:
         return [_send_one(deps, transports[i.channel], i, started=started) for i in prepared]
     pool = _send_pool()
-    futures = [
-        pool.submit(_send_one, deps, transports[i.channel], i, started=started) for i in prepared
-    ]
-    return [future.result() for future in futures]
+    outcomes: list[_SendOutcome] = []
+    # Only reminders due at the same instant go out together: one due earlier still reaches
+    # the provider first (a backlog's batch mixes due times; a burst's shares one).
+    for _, group in itertools.groupby(prepared, key=lambda item: item.due_at):
+        futures = [
+            pool.submit(_send_one, deps, transports[i.channel], i, started=started) for i in group
+        ]
+        outcomes += [future.result() for future in futures]
+    return outcomes
 
 
 def _send_one(
