@@ -237,6 +237,20 @@ def test_enrol_answers_201_with_the_planned_timeline_in_the_patients_zone(api: A
         )
 
 
+def test_enrol_answers_the_timeline_exactly_as_stored_when_the_session_is_recorded_late(
+    api: Api,
+) -> None:
+    late = (NOW - timedelta(days=5)).isoformat()
+    body = api.enrol(treated_at=late, patient__timezone="Australia/Sydney")
+
+    stored = api.client.get(f"/api/v1/sessions/{body['id']}").json()["reminders"]
+    fields = ("step", "channel", "template", "due_utc", "due_local", "state")
+    assert [{f: r[f] for f in fields} for r in body["reminders"]] == [
+        {f: r[f] for f in fields} for r in stored
+    ]
+    assert {"scheduled", "skipped"} <= {r["state"] for r in body["reminders"]}
+
+
 def test_enrol_by_email_only_needs_no_phone_and_defaults_regimen_and_parameters(api: Api) -> None:
     body = api.enrol(patient__phone=..., patient__channels=["email"], regimen=..., parameters=...)
 

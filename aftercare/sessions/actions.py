@@ -26,7 +26,12 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.reminders import states
-from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.sessions.service import (
+    SessionRequest,
+    ValidSession,
+    record_session,
+    validate_request,
+)
 from aftercare.sessions.validation import (
     FieldError,
     ValidationFailed,
@@ -136,6 +141,27 @@ def enrol(
     actor_id: int | None,
 ) -> TreatmentSession:
     """Validate, plan and store a new session (and its patient); audited as ``enrol``."""
+    return enrol_planned(
+        db_session=db_session,
+        request=request,
+        registry=registry,
+        quiet=quiet,
+        now=now,
+        actor_id=actor_id,
+    )[0]
+
+
+def enrol_planned(
+    *,
+    db_session: Session,
+    request: SessionRequest,
+    registry: RegimenRegistry,
+    quiet: QuietHours,
+    now: datetime,
+    actor_id: int | None,
+) -> tuple[TreatmentSession, ValidSession]:
+    """As :func:`enrol`, also returning what was validated and planned: its ``plan`` is the
+    session's reminders exactly as stored, in due order, without reading them back."""
     valid = validate_request(request, registry=registry, quiet=quiet, now=now)
     session = record_session(db_session=db_session, valid=valid, now=now, created_by_id=actor_id)
     audit.record(
@@ -148,7 +174,7 @@ def enrol(
         detail={"regimen": valid.regimen.id, "channels": [str(c) for c in valid.channels]},
     )
     db_session.flush()
-    return session
+    return session, valid
 
 
 # Pause, resume, cancel -----------------------------------------------------------------------

@@ -58,7 +58,7 @@ def create_session(
         consent=body.consent,
         contraindications_checked=body.contraindications_checked,
     )
-    session = actions.enrol(
+    session, valid = actions.enrol_planned(
         db_session=db_session,
         request=request,
         registry=rt.registry,
@@ -67,7 +67,8 @@ def create_session(
         actor_id=staff.id,
     )
     zone = ZoneInfo(session.timezone)
-    reminders = actions.session_reminders(db_session=db_session, session_id=session.id)
+    # The plan is what was just stored, in the order reading it back would give (due time, then
+    # insertion order): no query for the reminders.
     return SessionCreatedOut(
         id=session.id,
         patient_id=session.patient_id,
@@ -76,11 +77,11 @@ def create_session(
                 step=r.step,
                 channel=r.channel,
                 template=r.template,
-                due_utc=iso(r.due_at),
-                due_local=iso(r.due_at.astimezone(zone)),
+                due_utc=iso(r.due_utc),
+                due_local=iso(r.due_utc.astimezone(zone)),
                 state=r.state,
             )
-            for r in reminders
+            for r in valid.plan
         ],
     )
 
