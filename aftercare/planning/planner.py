@@ -14,7 +14,7 @@ A pure function: no database, no broker, no clock of its own. Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -195,5 +195,19 @@ def _catch_up(
     return out
 
 
-def _replace(r: PlannedReminder, **changes: object) -> PlannedReminder:
-    return replace(r, **changes)  # type: ignore[arg-type]
+def _replace(
+    r: PlannedReminder, *, state: PlannedState, due_utc: datetime | None = None
+) -> PlannedReminder:
+    """``r`` with a new state (and due time): built directly, as dataclasses.replace would
+    build it, at a fraction of its cost (a late session replaces most of its reminders)."""
+    return PlannedReminder(
+        step=r.step,
+        occurrence=r.occurrence,
+        channel=r.channel,
+        template=r.template,
+        nominal_utc=r.nominal_utc,
+        due_utc=r.due_utc if due_utc is None else due_utc,
+        expires_utc=r.expires_utc,
+        critical=r.critical,
+        state=state,
+    )
