@@ -1,6 +1,6 @@
-"""``python -m bench [--quick] [--scenarios a,b] [--json PATH]``: run the benchmarks, print the
-table, write the JSON. Everything it starts (database, Redis claim, processes, fake providers)
-it also removes, whatever happens."""
+"""``python -m bench [--quick] [--scenarios a,b] [--burst-size N] [--json PATH]``: run the
+benchmarks, print the table, write the JSON. Everything it starts (database, Redis claim,
+processes, fake providers) it also removes, whatever happens."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         default=",".join(SCENARIOS),
         help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--burst-size",
+        type=int,
+        default=None,
+        help="reminders due at once in the burst scenario (default: 100,000; quick: 1,000)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = parser.parse_args(argv)
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             scratch=scratch,
             procs=procs,
             zone=daytime_zone(),
+            burst_size=args.burst_size,
         )
         rt = Runtime(bench.settings())
         bench.rt = rt

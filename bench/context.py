@@ -74,6 +74,8 @@ class Bench:
     procs: Processes
     zone: str
     raw: dict[str, Any] = field(default_factory=dict)
+    # The burst scenario's N (reminders due at once) instead of the mode's, for A/B runs.
+    burst_size: int | None = None
     # The run's runtime (PostgreSQL + Redis), set once the schema exists.
     rt: Runtime = field(init=False)
 

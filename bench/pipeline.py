@@ -1,5 +1,8 @@
 """The product's own processes, wired to the fake providers: ``aftercare worker`` (prefork) and
-``aftercare beat`` with Twilio pointed at the loopback fake and SMTP at the aiosmtpd sink."""
+``aftercare beat`` with Twilio pointed at the loopback fake and SMTP at the aiosmtpd sink. The
+production layout is a dispatch worker (``--queues dispatch --concurrency 1``) beside the send
+workers (``--queues send``); a worker started without ``queues`` takes both, as one worker does
+on the embedded default."""
 
 from __future__ import annotations
 
@@ -38,17 +41,28 @@ def provider_env(bench: Bench, twilio: Twilio, sink: SmtpSink, *, mps: float) ->
 
 
 def start_worker(
-    bench: Bench, name: str, env: dict[str, str], *, concurrency: int = 2
+    bench: Bench,
+    name: str,
+    env: dict[str, str],
+    *,
+    concurrency: int = 2,
+    queues: str = "dispatch,send",
 ) -> subprocess.Popen[bytes]:
     return bench.procs.aftercare(
         name,
         "worker",
+        f"--queues={queues}",
         "--pool=prefork",
         f"--concurrency={concurrency}",
         f"--hostname={name}@%h",
         env=env,
         cwd=bench.scratch,
     )
+
+
+def start_dispatcher(bench: Bench, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The production dispatch worker: beat's dispatch and recovery tasks, one at a time."""
+    return start_worker(bench, name, env, concurrency=1, queues="dispatch")
 
 
 def start_beat(bench: Bench, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

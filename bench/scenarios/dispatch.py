@@ -5,7 +5,10 @@ Aftercare: :func:`aftercare.reminders.dispatch.dispatch_due` with the real Celer
 with 1,000,000 future reminders in the table. Baselines, same run: a bare Celery loop publishing
 one no-op task per reminder, and a raw psycopg ``SELECT ... FOR UPDATE SKIP LOCKED`` + ``UPDATE``
 claim loop (no publish). The claim query is captured as the product sends it and EXPLAINed
-(ANALYZE) with the million future reminders present.
+(ANALYZE) with the million future reminders present, and so is the backpressure count
+(:func:`aftercare.reminders.dispatch.count_queued`) with ``AFTERCARE_DISPATCH_MAX_QUEUED``
+reminders queued. The rates are measured without the limit (``max_queued=0``): they are the
+claim path's speed, which the limit only stops.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
@@ -21,7 +24,7 @@ import psycopg
 from sqlalchemy import event
 
 from aftercare.clock import SystemClock
-from aftercare.reminders.dispatch import claim_due, dispatch_due
+from aftercare.reminders.dispatch import claim_due, count_queued, dispatch_due
 from aftercare.runtime import Runtime
 from aftercare.storage.migrate import upgrade
 from aftercare.worker.celeryconfig import SEND_QUEUE
@@ -34,6 +37,7 @@ from bench.results import Row, summary
 
 NAME = "dispatch"
 INDEX = "ix_reminders_due_scheduled"
+IN_FLIGHT_INDEX = "ix_reminders_in_flight"
 DUE_STEP = "bench-due"
 _batches = count(1)
 
@@ -122,35 +126,55 @@ def celery_loop_rate(bench: Bench, n: int, cap: float) -> float:
     return done / elapsed
 
 
-def explain_claim(bench: Bench) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the claim exactly as claim_due sends it (rolled back)."""
+def _captured(bench: Bench, marker: str, call: Any) -> tuple[str, Any]:
+    """The statement (and parameters) containing ``marker`` that ``call(db_session)`` sends."""
     engine = bench.rt.db.engine
     captured: list[tuple[str, Any]] = []
 
     def grab(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        if "SKIP LOCKED" in statement:
+        if marker in statement:
             captured.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", grab)
     try:
         with bench.rt.db.sessionmaker() as db_session:
-            claim_due(db_session, now=datetime.now(UTC), limit=bench.rt.settings.dispatch_batch)
+            call(db_session)
             db_session.rollback()
     finally:
         event.remove(engine, "before_cursor_execute", grab)
-    statement, parameters = captured[0]
+    return captured[0]
+
+
+def _explain(bench: Bench, statement: str, parameters: Any) -> tuple[list[dict[str, Any]], Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of one statement, rolled back: its nodes and its plan."""
     with psycopg.connect(bench.pg.url) as conn:
         plan = conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
         ).fetchone()[0]  # type: ignore[index]
         conn.rollback()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return list(_nodes(plan[0]["Plan"])), plan
+
+
+def _plan_text(bench: Bench, statement: str, parameters: Any) -> str:
+    with psycopg.connect(bench.pg.url) as conn:
         text = "\n".join(
             r[0] for r in conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + statement, parameters)
         )
         conn.rollback()
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    nodes = list(_nodes(plan[0]["Plan"]))
+    return text
+
+
+def explain_claim(bench: Bench) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the claim exactly as claim_due sends it (rolled back)."""
+    statement, parameters = _captured(
+        bench,
+        "SKIP LOCKED",
+        lambda s: claim_due(s, now=datetime.now(UTC), limit=bench.rt.settings.dispatch_batch),
+    )
+    nodes, plan = _explain(bench, statement, parameters)
+    text = _plan_text(bench, statement, parameters)
     scans = [n for n in nodes if n.get("Relation Name") == "reminders"]
     range_scan = any(
         n["Node Type"] in ("Index Scan", "Index Only Scan")
@@ -170,6 +194,42 @@ def explain_claim(bench: Bench) -> dict[str, Any]:
         "sorts": sorts,
         "execution_ms": plan[0].get("Execution Time"),
         "text": text,
+    }
+
+
+def explain_count(bench: Bench, step: str) -> dict[str, Any]:
+    """The backpressure count with ``dispatch_max_queued`` of ``step``'s reminders queued."""
+    limit = bench.rt.settings.dispatch_max_queued
+    with bench.pg.connect() as conn:
+        conn.execute(
+            "UPDATE reminders SET state = 'queued', updated_at = now() AT TIME ZONE 'utc' "
+            "WHERE id IN (SELECT id FROM reminders WHERE step LIKE %s "
+            "AND state = 'scheduled' LIMIT %s)",
+            (step + "%", limit),
+        )
+        conn.commit()
+    since = datetime.now(UTC) - timedelta(seconds=bench.rt.settings.stale_after)
+    statement, parameters = _captured(
+        bench, "count(", lambda s: count_queued(s, since=since, limit=limit)
+    )
+    nodes, plan = _explain(bench, statement, parameters)
+    scans = [n for n in nodes if n.get("Relation Name") == "reminders"]
+    range_scan = any(
+        n["Node Type"] in ("Index Scan", "Index Only Scan")
+        and n.get("Index Name") == IN_FLIGHT_INDEX
+        and "state" in n.get("Index Cond", "")
+        for n in scans
+    )
+    return {
+        "statement": statement,
+        "queued": limit,
+        "index_range_scan": range_scan,
+        "scans": [
+            {k: n.get(k) for k in ("Node Type", "Index Name", "Index Cond", "Heap Fetches")}
+            for n in scans
+        ],
+        "execution_ms": plan[0].get("Execution Time"),
+        "text": _plan_text(bench, statement, parameters),
     }
 
 
@@ -231,6 +291,7 @@ def run(bench: Bench) -> list[Row]:
             rates["celery_loop"].append(celery_loop_rate(bench, n, cap))
         _add_due(full, sessions["future"], n)
         plan = explain_claim(full)
+        counting = explain_count(full, DUE_STEP)
     finally:
         if hasattr(full, "rt"):
             full.rt.db.dispose()
@@ -243,11 +304,14 @@ def run(bench: Bench) -> list[Row]:
         **rates,
         "runs": details,
         "explain": plan,
+        "explain_count": counting,
     }
-    return _rows(rates, plan, future)
+    return _rows(rates, plan, counting, future)
 
 
-def _rows(rates: dict[str, list[float]], plan: dict[str, Any], future: int) -> list[Row]:
+def _rows(
+    rates: dict[str, list[float]], plan: dict[str, Any], counting: dict[str, Any], future: int
+) -> list[Row]:
     zero, full = summary(rates["aftercare_0"]), summary(rates["aftercare_future"])
     loop = summary(rates["celery_loop"])
     vs_loop = Row(
@@ -300,6 +364,20 @@ def _rows(rates: dict[str, list[float]], plan: dict[str, Any], future: int) -> l
             target="index range scan",
             met=plan["index_range_scan"],
             note=f"{scan}{'; ' + sorts if sorts else ''}; {plan['execution_ms']:.1f} ms",
+        )
+    )
+    scan = ", ".join(
+        f"{s['Node Type']} {s.get('Index Name') or ''}".strip() for s in counting["scans"]
+    )
+    out.append(
+        Row(
+            NAME,
+            f"backpressure count plan, {counting['queued']:,} queued, {future:,} future",
+            "",
+            None,
+            target="index range scan",
+            met=counting["index_range_scan"],
+            note=f"{scan}; {counting['execution_ms']:.1f} ms",
         )
     )
     return out
