@@ -75,6 +75,10 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
 
 
 def children(rt: Runtime) -> list[Child]:
+    # One worker for both queues (dispatch and send): on the embedded default it is a single
+    # solo process on SQLite and the file broker, where a second worker would only add a
+    # writer. Backpressure (AFTERCARE_DISPATCH_MAX_QUEUED) keeps each dispatch run short;
+    # production runs a dispatch worker beside the send workers (docker-compose.yml).
     env = dict(os.environ)
     env.setdefault("AFTERCARE_DATA_DIR", str(rt.settings.data_dir))
     base = [sys.executable, "-m", "aftercare.cli.main"]
