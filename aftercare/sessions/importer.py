@@ -28,8 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
+from aftercare.sessions.pgcopy import (
+    column_types,
+    copy_reminders,
+    copy_sql,
+    reminder_types,
+    sent_as,
+)
 from aftercare.sessions.service import (
-    SKIPPED_REASON,
     SessionRequest,
     ValidSession,
     reminder_rows,
@@ -455,22 +461,6 @@ def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: date
 # of ten thousand placeholders that the driver parses in Python; COPY sends the rows as they are,
 # each encoded in C, and takes the new ids from the sequences beforehand.
 
-_REMINDER_COLUMNS = (
-    "session_id",
-    "step",
-    "occurrence",
-    "channel",
-    "template",
-    "nominal_at",
-    "due_at",
-    "expires_at",
-    "critical",
-    "state",
-    "attempts",
-    "updated_at",
-    "reason",
-)
-
 
 def _copy_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: datetime) -> None:
     driver = connection.connection.driver_connection
@@ -517,38 +507,16 @@ def _next_ids(cursor: psycopg.Cursor[Any], table: str, count: int) -> list[int]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def _column_types(cursor: psycopg.Cursor[Any], table: str) -> dict[str, str]:
-    """Binary COPY needs each column's type: read from the catalog, not repeated here."""
-    cursor.execute(
-        "SELECT column_name, udt_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = %s",
-        (table,),
-    )
-    return dict(cursor.fetchall())
-
-
-def _copy_sql(table: str, columns: Sequence[str]) -> str:
-    return f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-
-
-def _sent_as(kind: str) -> str:
-    """How a column's values are encoded. A UTCDateTime column is a naive ``timestamp`` holding
-    the UTC wall time; in binary, timestamp and timestamptz are both microseconds since 2000,
-    so an aware datetime sent as timestamptz lands as its UTC wall time whatever the session's
-    TimeZone, without a Python conversion of each of the two million datetimes of a big file."""
-    return "timestamptz" if kind == "timestamp" else kind
-
-
 _JSON: dict[str, type[Json] | type[Jsonb]] = {"json": Json, "jsonb": Jsonb}
 
 
 def _copy_values(cursor: psycopg.Cursor[Any], table: str, rows: list[dict[str, Any]]) -> None:
     """COPY rows given as the dicts the INSERT path uses, so both paths store the same values."""
     columns = list(rows[0])
-    types = _column_types(cursor, table)
+    types = column_types(cursor, table)
     kinds = [types[column] for column in columns]
-    with cursor.copy(_copy_sql(table, columns)) as copy:
-        copy.set_types([_sent_as(kind) for kind in kinds])
+    with cursor.copy(copy_sql(table, columns)) as copy:
+        copy.set_types([sent_as(kind) for kind in kinds])
         for row in rows:
             copy.write_row(
                 [
@@ -563,25 +531,7 @@ def _copy_reminders(
 ) -> None:
     """The bulk of the rows (about 40 a session), written as tuples rather than dicts; the
     test comparing import with enrolment on PostgreSQL pins them to ``reminder_rows``."""
-    types = _column_types(cursor, "reminders")
-    with cursor.copy(_copy_sql("reminders", _REMINDER_COLUMNS)) as copy:
-        copy.set_types([_sent_as(types[column]) for column in _REMINDER_COLUMNS])
-        for session_id, good in pairs:
-            for r in good.valid.plan:
-                copy.write_row(
-                    (
-                        session_id,
-                        r.step,
-                        r.occurrence,
-                        r.channel,
-                        r.template,
-                        r.nominal_utc,
-                        r.due_utc,
-                        r.expires_utc,
-                        r.critical,
-                        r.state,
-                        0,
-                        now,
-                        SKIPPED_REASON if r.state == "skipped" else None,
-                    )
-                )
+    types = reminder_types(column_types(cursor, "reminders"))
+    copy_reminders(
+        cursor, ((session_id, good.valid.plan) for session_id, good in pairs), now, types
+    )

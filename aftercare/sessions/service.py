@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import psycopg
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -15,6 +17,7 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.regimens.model import Channel, ParameterError, Regimen
+from aftercare.sessions.pgcopy import SKIPPED_REASON, column_types, copy_reminders, reminder_types
 from aftercare.sessions.validation import (
     FieldError,
     ValidationFailed,
@@ -28,8 +31,6 @@ from aftercare.sessions.validation import (
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
 
 MAX_FUTURE = timedelta(days=1)
-# Why a past step is stored as skipped rather than sent (see the planner's catch-up rules).
-SKIPPED_REASON = "catch-up: superseded before enrolment"
 
 
 @dataclass
@@ -209,7 +210,12 @@ def record_session(
         insert(TreatmentSession).returning(TreatmentSession.id), values
     ).scalar_one()
     if valid.plan:
-        connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
+        driver = connection.connection.driver_connection
+        if isinstance(driver, psycopg.Connection):
+            with driver.cursor() as cursor:
+                copy_reminders(cursor, [(session_id, valid.plan)], now, _reminder_types(cursor))
+        else:
+            connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
     # Every column set (those the INSERT left NULL too), so no attribute is expired and reading
     # one never queries; then attached as if loaded.
     session = TreatmentSession(
@@ -223,6 +229,18 @@ def record_session(
     make_transient_to_detached(session)
     db_session.add(session)
     return session
+
+
+# Binary COPY needs the reminders' column types: read from the catalog once per connection.
+_types_by_connection: WeakKeyDictionary[psycopg.Connection[Any], list[str]] = WeakKeyDictionary()
+
+
+def _reminder_types(cursor: psycopg.Cursor[Any]) -> list[str]:
+    types = _types_by_connection.get(cursor.connection)
+    if types is None:
+        types = reminder_types(column_types(cursor, "reminders"))
+        _types_by_connection[cursor.connection] = types
+    return types
 
 
 def reminder_rows(
