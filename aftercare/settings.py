@@ -68,7 +68,10 @@ class Settings(BaseSettings):
     # Backpressure: dispatch claims no more while this many reminders wait in the broker
     # (0: no limit). About two dispatch intervals of what the send workers drain.
     dispatch_max_queued: int = Field(default=5000, ge=0)
-    send_batch: int = Field(default=20, ge=1, le=500)
+    # Reminder ids per send task. A batch's messages go out concurrently, so a bigger one keeps
+    # more round trips in flight: 50 delivered 435-593 reminders/s against 303-411 with 20 (bench
+    # delivery scenario, fake providers, three A/B pairs on a shared 2-core machine).
+    send_batch: int = Field(default=50, ge=1, le=500)
     worker_concurrency: int = Field(default=2, ge=1)
     # Port for the worker's own Prometheus metrics (0: off).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -131,7 +131,7 @@ def test_broker_messages_carry_reminder_ids_only_and_no_long_eta(
     assert summary["claimed"] == summary["published"] > 100
     client = redis.Redis.from_url(redis_url)
     raw = client.lrange("aftercare.send", 0, -1)
-    assert len(raw) * 20 >= summary["published"]
+    assert len(raw) * stack.rt.settings.send_batch >= summary["published"]
     ids: list[int] = []
     for item in raw:
         envelope = json.loads(item)
