@@ -1,4 +1,4 @@
-# Aftercare image: one image for api, worker, beat and migrate (the command differs).
+# Aftercare image: one image for api, dispatcher, worker, beat and migrate (the command differs).
 # Build stage: install the locked dependencies into a virtualenv.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
