@@ -110,7 +110,7 @@ class FakeTwilio:
     # Control ----------------------------------------------------------------------------------
 
     def start(self) -> FakeTwilio:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
@@ -337,6 +337,13 @@ def _matches(message: dict[str, Any], params: dict[str, str]) -> bool:
         if key == "DateSent" and day != _day(value):
             return False
     return True
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a worker opening many connections at once (delivery
+    # sends concurrently) overflowed it, and the kernel reset connections whose request had
+    # already been written, which the client rightly took for ambiguous sends.
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
