@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import secrets
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,9 @@ from aftercare.sessions.pgcopy import (
 from aftercare.sessions.service import (
     SessionRequest,
     ValidSession,
+    patient_values,
     reminder_rows,
+    session_values,
     validate_request,
 )
 from aftercare.sessions.validation import FieldError, ValidationFailed
@@ -384,34 +385,6 @@ def store(
     return stored
 
 
-def _patient_values(valid: ValidSession, now: datetime) -> dict[str, Any]:
-    return {
-        "public_id": secrets.token_hex(16),
-        "name": valid.name,
-        "phone": valid.phone,
-        "email": valid.email,
-        "timezone": valid.timezone,
-        "channels": ",".join(valid.channels),
-        "created_at": now,
-    }
-
-
-def _session_values(valid: ValidSession, patient_id: int, now: datetime) -> dict[str, Any]:
-    return {
-        "patient_id": patient_id,
-        "regimen_id": valid.regimen.id,
-        "regimen_version": valid.regimen.version,
-        "treated_at": valid.treated_at,
-        "recorded_at": now,
-        "timezone": valid.timezone,
-        "parameters": dict(valid.parameters),
-        "channels": ",".join(valid.channels),
-        "status": "active",
-        "consent": True,
-        "contraindications_checked": True,
-    }
-
-
 def _audit_values(good: GoodRow, patient_id: int, session_id: int, now: datetime) -> dict[str, Any]:
     return {
         "at": now,
@@ -431,12 +404,12 @@ def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: date
     """Any backend: multi-row INSERTs, RETURNING the new ids in the rows' order."""
     patient_ids = connection.scalars(
         insert(Patient).returning(Patient.id, sort_by_parameter_order=True),
-        [_patient_values(good.valid, now) for good in chunk],
+        [patient_values(good.valid, now) for good in chunk],
     ).all()
     session_ids = connection.scalars(
         insert(TreatmentSession).returning(TreatmentSession.id, sort_by_parameter_order=True),
         [
-            _session_values(good.valid, patient_id, now)
+            session_values(good.valid, patient_id, now)
             for good, patient_id in zip(chunk, patient_ids, strict=True)
         ],
     ).all()
@@ -472,7 +445,7 @@ def _copy_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: dateti
             cursor,
             "patients",
             [
-                {"id": patient_id, **_patient_values(good.valid, now)}
+                {"id": patient_id, **patient_values(good.valid, now)}
                 for good, patient_id in zip(chunk, patient_ids, strict=True)
             ],
         )
@@ -480,7 +453,7 @@ def _copy_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: dateti
             cursor,
             "treatment_sessions",
             [
-                {"id": session_id, **_session_values(good.valid, patient_id, now)}
+                {"id": session_id, **session_values(good.valid, patient_id, now)}
                 for good, patient_id, session_id in zip(
                     chunk, patient_ids, session_ids, strict=True
                 )

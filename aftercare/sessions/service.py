@@ -159,6 +159,39 @@ def _regimen_over(planned: list[PlannedReminder], regimen: Regimen) -> bool:
     return all(r.state == "skipped" or r.step in always for r in planned)
 
 
+def patient_values(valid: ValidSession, now: datetime) -> dict[str, Any]:
+    """A new patient's row, as every enrolment path inserts it."""
+    return {
+        "public_id": secrets.token_hex(16),
+        "name": valid.name,
+        "phone": valid.phone,
+        "email": valid.email,
+        "timezone": valid.timezone,
+        "channels": ",".join(valid.channels),
+        "created_at": now,
+    }
+
+
+def session_values(
+    valid: ValidSession, patient_id: int, now: datetime, *, created_by_id: int | None = None
+) -> dict[str, Any]:
+    """A new session's row, as every enrolment path inserts it."""
+    return {
+        "patient_id": patient_id,
+        "regimen_id": valid.regimen.id,
+        "regimen_version": valid.regimen.version,
+        "treated_at": valid.treated_at,
+        "recorded_at": now,
+        "timezone": valid.timezone,
+        "parameters": dict(valid.parameters),
+        "channels": ",".join(valid.channels),
+        "status": "active",
+        "consent": True,
+        "contraindications_checked": True,
+        "created_by_id": created_by_id,
+    }
+
+
 def record_session(
     *,
     db_session: Session,
@@ -175,37 +208,14 @@ def record_session(
     its ``reminders`` are loaded from the database if asked for.
     """
     connection = db_session.connection()
-    channels = ",".join(valid.channels)
     if patient is None:
         patient_id = connection.execute(
-            insert(Patient).returning(Patient.id),
-            {
-                "public_id": secrets.token_hex(16),
-                "name": valid.name,
-                "phone": valid.phone,
-                "email": valid.email,
-                "timezone": valid.timezone,
-                "channels": channels,
-                "created_at": now,
-            },
+            insert(Patient).returning(Patient.id), patient_values(valid, now)
         ).scalar_one()
     else:
         db_session.flush()
         patient_id = patient.id
-    values: dict[str, Any] = {
-        "patient_id": patient_id,
-        "regimen_id": valid.regimen.id,
-        "regimen_version": valid.regimen.version,
-        "treated_at": valid.treated_at,
-        "recorded_at": now,
-        "timezone": valid.timezone,
-        "parameters": dict(valid.parameters),
-        "channels": channels,
-        "status": "active",
-        "consent": True,
-        "contraindications_checked": True,
-        "created_by_id": created_by_id,
-    }
+    values = session_values(valid, patient_id, now, created_by_id=created_by_id)
     session_id = connection.execute(
         insert(TreatmentSession).returning(TreatmentSession.id), values
     ).scalar_one()
