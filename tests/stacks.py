@@ -12,12 +12,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from aftercare.clock import FileClock
-from aftercare.runtime import Runtime
+from aftercare.reminders import states
+from aftercare.runtime import Runtime, set_runtime
 from aftercare.settings import Settings
 from aftercare.storage.migrate import upgrade
+from aftercare.storage.models import Reminder
 from tests.conftest import TEST_SECRET, _truncate
+from tests.factories import enrol
 
 TREATED = datetime(2026, 3, 20, 9, 15, tzinfo=UTC)  # spans the UK clocks change on 29 March
 
@@ -113,3 +117,20 @@ def sent_log(stack: Stack) -> list[str]:
         if path.exists():
             keys += path.read_text().split()
     return keys
+
+
+def enrol_all_due(stack: Stack, sessions: int) -> None:
+    """Enrol ``sessions`` sessions at TREATED, then make every reminder due at TREATED: a burst
+    far bigger than one claim batch (as at 08:00 for a whole cohort)."""
+    set_runtime(stack.rt)
+    try:
+        for _ in range(sessions):
+            enrol(stack.rt, now=TREATED)
+    finally:
+        set_runtime(None)
+    with stack.rt.db.session() as s:
+        s.execute(
+            update(Reminder)
+            .where(Reminder.state == states.SCHEDULED)
+            .values(due_at=TREATED, expires_at=None)
+        )

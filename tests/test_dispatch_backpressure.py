@@ -11,14 +11,14 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, dispatch, states
-from aftercare.runtime import Runtime, set_runtime
+from aftercare.runtime import Runtime
 from aftercare.storage.models import Reminder
 from tests.factories import enrol
-from tests.stacks import TREATED, Stack, sent_log, start_aftercare
+from tests.stacks import Stack, enrol_all_due, sent_log, start_aftercare
 
 LIMIT = 50
 STALE = timedelta(minutes=5)
@@ -166,18 +166,8 @@ def test_production_layout_dispatch_worker_and_send_worker_respect_the_limit(
     (``--queues send``) and beat: everything due is sent once, the broker never holds more
     than the limit, and each worker runs only its own queue's tasks."""
     stack = pg_redis_stack
-    set_runtime(stack.rt)
-    try:
-        for _ in range(20):
-            enrol(stack.rt, now=TREATED)
-    finally:
-        set_runtime(None)
+    enrol_all_due(stack, 20)
     with stack.rt.db.session() as s:
-        s.execute(
-            update(Reminder)
-            .where(Reminder.state == states.SCHEDULED)
-            .values(due_at=TREATED, expires_at=None)
-        )
         due = s.scalar(
             select(func.count()).select_from(Reminder).where(Reminder.state == states.SCHEDULED)
         )

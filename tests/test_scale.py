@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from aftercare.reminders import states
-from aftercare.runtime import set_runtime
 from aftercare.storage.models import Reminder
-from tests.factories import enrol
-from tests.stacks import TREATED, Stack, sent_log, start_aftercare
+from tests.stacks import Stack, enrol_all_due, sent_log, start_aftercare
 
 SESSIONS = 40
 
@@ -23,20 +21,7 @@ def test_two_workers_and_two_dispatchers_deliver_everything_once(
     pg_redis_stack: Stack, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     stack = pg_redis_stack
-    set_runtime(stack.rt)
-    try:
-        for _ in range(SESSIONS):
-            enrol(stack.rt, now=TREATED)
-    finally:
-        set_runtime(None)
-    # Every reminder of every session falls due in the same second: a burst far bigger than
-    # one claim batch (as at 08:00 for a whole cohort).
-    with stack.rt.db.session() as s:
-        s.execute(
-            update(Reminder)
-            .where(Reminder.state == states.SCHEDULED)
-            .values(due_at=TREATED, expires_at=None)
-        )
+    enrol_all_due(stack, SESSIONS)
     stack.env["AFTERCARE_DISPATCH_BATCH"] = "100"
     for index in (1, 2):
         processes.append(
