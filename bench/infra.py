@@ -293,3 +293,66 @@ class MachineLoad:
             "loadavg_before": round(self.load_before, 2),
             "loadavg_after": round(self.load_after, 2),
         }
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far, in seconds (0 if it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after "(comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += _children(current)
+    return found
+
+
+def pids_named(name: str) -> list[int]:
+    """Every process whose command name is ``name`` (e.g. the database and Redis servers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
+                    found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+class CpuCost:
+    """CPU seconds spent by groups of processes over a window, from /proc: each group is a
+    function giving its pids (asked at the start and the end, so a process started in the
+    window counts from zero; one that ended in it is not counted)."""
+
+    def __init__(self, groups: Mapping[str, Callable[[], list[int]]]) -> None:
+        self.groups = dict(groups)
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> CpuCost:
+        self._start = {
+            name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, pids in self.groups.items():
+            before = self._start[name]
+            self.seconds[name] = sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids())
+
+    def per_item(self, items: int) -> dict[str, float]:
+        """Milliseconds of CPU per item, per group and in all."""
+        per = {name: 1000 * s / max(items, 1) for name, s in self.seconds.items()}
+        per["total"] = sum(per.values())
+        return {name: round(ms, 3) for name, ms in per.items()}
