@@ -111,6 +111,40 @@ def test_redis_limiter_when_slot_too_far_then_refuses_without_reserving(redis_ur
     assert other.reserve(CLINIC_NUMBER) <= interval_for(0.1)  # only one slot was taken
 
 
+@pytest.mark.parametrize("kind", ["local", "redis"])
+def test_reserve_many_takes_each_senders_slots_in_order_up_to_the_lead_and_no_further(
+    kind: str, redis_url: str
+) -> None:
+    """One call reserves a batch's slots: a sender's slots are spaced by the interval, one
+    further away than ``within`` is not taken (nor any later one of that sender), and other
+    senders are not held up by it."""
+    time_ = SteppedTime()
+    limiter: LocalRateLimiter | RedisRateLimiter = (
+        LocalRateLimiter(mps=1, monotonic=time_.monotonic, sleep=time_.sleep)
+        if kind == "local"
+        else RedisRateLimiter(redis_url, mps=1)
+    )
+    interval = interval_for(1)
+    slots = limiter.reserve_many(
+        [CLINIC_NUMBER, CLINIC_NUMBER, CLINIC_NUMBER, "ClinicName", CLINIC_NUMBER], within=1.5
+    )
+    assert [s.held for s in slots] == [True, True, False, True, False]
+    assert slots[0].wait == 0
+    assert slots[3].wait == 0
+    assert slots[1].wait == pytest.approx(interval, abs=0.05)
+    assert slots[2].wait == pytest.approx(2 * interval, abs=0.05)  # how far it is
+    # The refused slots were not taken: the next one is still the third.
+    (again,) = limiter.reserve_many([CLINIC_NUMBER], within=60)
+    assert again.held
+    assert again.wait == pytest.approx(2 * interval, abs=0.05)
+
+
+def test_redis_reserve_many_when_unreachable_then_unavailable() -> None:
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", mps=MPS)
+    with pytest.raises(RateLimiterUnavailable):
+        limiter.reserve_many([CLINIC_NUMBER], within=1.0)
+
+
 def test_limiter_follows_the_broker_redis_else_runs_in_process(redis_url: str) -> None:
     assert isinstance(build_rate_limiter(broker_url=redis_url, mps=MPS), RedisRateLimiter)
     assert isinstance(build_rate_limiter(broker_url="", mps=MPS), LocalRateLimiter)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ Message = SmsMessage | EmailMessage
 class SendResult:
     provider_id: str
     status: str = "sent"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A sender's sending slot ``wait`` seconds from now: reserved for the caller when ``held``,
+    else further away than the caller would wait, and nothing was reserved."""
+
+    wait: float
+    held: bool
 
 
 class TransportError(Exception):
@@ -82,4 +92,29 @@ class Transport(Protocol):
 
         Raises LookupUnsupported when the provider cannot be asked.
         """
+        ...
+
+
+@runtime_checkable
+class PacedTransport(Transport, Protocol):
+    """A transport whose provider takes a limited number of messages per second per sender.
+
+    The caller reserves the messages' sending slots first, then sends each one with
+    ``send(message, at=...)``, the monotonic time its slot was reserved for: the message goes at
+    that moment, with no other wait and no second reservation. ``send(message)`` alone waits for
+    a slot itself.
+    """
+
+    def reserve(self, messages: Sequence[Message], *, within: float) -> list[Slot]:
+        """Reserve, in order, each message's sending slot if it is at most ``within`` seconds
+        away (``held``); a slot further away is not reserved, and then neither is any later one
+        of the same sender. Never sleeps.
+
+        Raises TransportError (transient, nothing reserved) when the pacing cannot be asked.
+        """
+        ...
+
+    def send(self, message: Message, *, at: float | None = None) -> SendResult:
+        """Hand one message to the provider: at ``at`` (``time.monotonic()``) when its slot was
+        reserved for then, else after waiting for a slot."""
         ...

@@ -6,8 +6,9 @@ shared limit each worker process would send as fast as it can and the burst woul
 
 The limit is a GCRA (generic cell rate algorithm) with *reservations*: a caller atomically takes
 the next free slot for its sender (one Lua script, Redis's own clock, so every worker agrees on
-time), then sleeps until that slot. Each caller holds at most one slot, and a process has only
-a few callers per sender (``twilio_sms.in_flight_per_sender``), so waits stay short; the backlog
+time), then sends at that slot. Delivery reserves a batch's slots in one call, only those at
+most :data:`LEAD` seconds away (:meth:`RedisRateLimiter.reserve_many`), and sends in slot
+order, so its threads always work on the earliest slots and waits stay short; the backlog
 waits in the broker, in due order, not in sleeping workers. Slots are spaced
 ``1 / (mps * HEADROOM)`` seconds apart with no burst allowance, so a one-second window never
 holds more than ``mps`` sends even when network jitter bunches them.
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import redis
+
+from aftercare.channels.base import Slot
 
 # Spare capacity kept below the configured rate: a send reserved for t may reach the provider a
 # few milliseconds late, and the next one on time; 3% leaves room for that jitter (at 10 MPS
@@ -32,6 +35,14 @@ import redis
 HEADROOM = 0.97
 # A caller never sleeps longer than this for its slot; beyond it the send is retried later.
 MAX_WAIT = 30.0
+# A send this much later than its reserved slot gives the slot up and waits for a new one. The
+# headroom leaves 1/0.97 - 1 = 31 ms in a full one-second window: a window's first send more
+# than that late, and the rest on time, would put one more than the limit in the window. 20 ms
+# leaves the rest for building and sending the request.
+MISSED = 0.020
+# How far ahead delivery reserves slots for a batch; a message whose sender's next slot is
+# further away is reserved later, by the same batch, without failing anything.
+LEAD = 1.0
 
 # KEYS[1]: the sender's key. ARGV: interval and longest wait, in microseconds.
 # Returns {1, wait_us} when a slot was reserved, {0, wait_us} when the wait would be too long
@@ -47,6 +58,40 @@ if wait > tonumber(ARGV[2]) then return {0, wait} end
 local ttl = math.ceil((tat + interval - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', ttl)
 return {1, wait}
+"""
+
+# The same for several slots in one call, in order: KEYS are the senders (repeated for several
+# slots of one sender), ARGV as above. Returns, per key, wait_us when a slot was reserved and
+# -1 - wait_us when it was not (that sender's later keys are then refused too).
+_RESERVE_MANY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local within = tonumber(ARGV[2])
+local tats = {}
+local taken = {}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local tat = tats[key]
+  if tat == nil then
+    tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+  end
+  local wait = tat - now
+  if wait > within then
+    out[i] = -1 - wait
+  else
+    out[i] = wait
+    tat = tat + interval
+    taken[key] = true
+  end
+  tats[key] = tat
+end
+for key in pairs(taken) do
+  local ttl = math.ceil((tats[key] - now) / 1000) + 1000
+  redis.call('SET', key, string.format('%d', tats[key]), 'PX', ttl)
+end
+return out
 """
 
 
@@ -68,6 +113,12 @@ class RateLimiter(Protocol):
 
         Raises RateLimitTimeout (nothing reserved) or RateLimiterUnavailable.
         """
+        ...
+
+    def reserve_many(self, keys: Sequence[str], *, within: float) -> list[Slot]:
+        """Reserve, in order, one slot per key (a key once per slot) when it is at most
+        ``within`` seconds away; never sleeps. Raises RateLimiterUnavailable (nothing
+        reserved)."""
         ...
 
 
@@ -116,6 +167,24 @@ class RedisRateLimiter:
             raise RateLimitTimeout(wait_us / 1_000_000)
         return wait_us / 1_000_000
 
+    def reserve_many(self, keys: Sequence[str], *, within: float) -> list[Slot]:
+        if not keys:
+            return []
+        try:
+            reply = self._redis().eval(
+                _RESERVE_MANY,
+                len(keys),
+                *(self._prefix + key for key in keys),
+                self._interval_us,
+                round(within * 1_000_000),
+            )
+        except redis.RedisError as exc:
+            raise RateLimiterUnavailable(type(exc).__name__) from exc
+        return [
+            Slot(wait_us / 1_000_000, True) if wait_us >= 0 else Slot((-1 - wait_us) / 1e6, False)
+            for wait_us in (int(value) for value in reply)
+        ]
+
     def acquire(self, key: str) -> float:
         wait = self.reserve(key)
         if wait > 0:
@@ -151,6 +220,19 @@ class LocalRateLimiter:
                 raise RateLimitTimeout(wait)
             self._next[key] = slot + self._interval
             return wait
+
+    def reserve_many(self, keys: Sequence[str], *, within: float) -> list[Slot]:
+        slots: list[Slot] = []
+        with self._lock:
+            now = self._monotonic()
+            for key in keys:
+                slot = max(self._next.get(key, now), now)
+                if slot - now > within:
+                    slots.append(Slot(slot - now, False))
+                else:
+                    self._next[key] = slot + self._interval
+                    slots.append(Slot(slot - now, True))
+        return slots
 
     def acquire(self, key: str) -> float:
         wait = self.reserve(key)

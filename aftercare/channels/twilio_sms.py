@@ -21,7 +21,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,10 +34,12 @@ from aftercare.channels.base import (
     LookupUnsupported,
     Message,
     SendResult,
+    Slot,
     SmsMessage,
     TransportError,
 )
 from aftercare.channels.ratelimit import (
+    MISSED,
     RateLimiter,
     RateLimiterUnavailable,
     RateLimitTimeout,
@@ -128,14 +131,6 @@ class _RedactRecipient(logging.Filter):
 _REDACT_RECIPIENT = _RedactRecipient()
 
 
-def in_flight_per_sender(mps: float) -> int:
-    """How many sends to one sender a process may have under way (waiting for a slot or for
-    Twilio's answer): a quarter of a second's worth, at least one. Every one of them holds a
-    reserved slot, so this keeps each wait near *processes ÷ 4* seconds, far below MAX_WAIT,
-    while a fast sender still gets several round trips in flight."""
-    return max(1, min(64, int(mps / 4)))
-
-
 def missing_settings(settings: Settings) -> list[str]:
     """The ``AFTERCARE_*`` variables the Twilio transport needs and does not have."""
     missing = [
@@ -166,7 +161,6 @@ class TwilioTransport:
         api_base: str = "https://api.twilio.com",
         limiter: RateLimiter,
         timeouts: Timeouts | None = None,
-        in_flight: int = 1,
     ) -> None:
         if not (account_sid and auth_token and (from_ or messaging_service_sid)):
             raise ValueError("Twilio needs an account SID, an auth token and a sender")
@@ -182,9 +176,6 @@ class TwilioTransport:
         # One twilio client (its own requests session) per sending thread: delivery sends a
         # batch's messages concurrently, and the client keeps per-request state.
         self._local = threading.local()
-        self._in_flight = in_flight
-        self._gates: dict[str, threading.BoundedSemaphore] = {}
-        self._gates_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -209,7 +200,6 @@ class TwilioTransport:
             limiter=limiter
             or build_rate_limiter(broker_url=settings.broker_url, mps=settings.sms_mps),
             timeouts=timeouts,
-            in_flight=in_flight_per_sender(settings.sms_mps),
         )
 
     @property
@@ -227,12 +217,15 @@ class TwilioTransport:
         """The sender that texts ``to``: the service, or this number's pool number."""
         return self._messaging_service_sid or pick_sender(self._senders, to)
 
-    def _gate(self, sender: str) -> threading.BoundedSemaphore:
-        with self._gates_lock:
-            gate = self._gates.get(sender)
-            if gate is None:
-                gate = self._gates[sender] = threading.BoundedSemaphore(self._in_flight)
-            return gate
+    def reserve(self, messages: Sequence[Message], *, within: float) -> list[Slot]:
+        """Reserve each message's slot at its sender, if at most ``within`` seconds away (one
+        round trip to the shared limiter for all of them); see :class:`PacedTransport`."""
+        keys = [self.sender_for(_sms(message).to) for message in messages]
+        try:
+            return self._limiter.reserve_many(keys, within=within)
+        except RateLimiterUnavailable as exc:
+            detail = f"shared rate limiter unavailable ({exc})"
+            raise TransportError(detail, permanent=False, code="rate-limiter") from None
 
     def _messages(self) -> Any:
         """Twilio's Messages list, with this thread's client built on first use (never at
@@ -254,29 +247,31 @@ class TwilioTransport:
             self._local.client = client
         return client.messages
 
-    def send(self, message: Message) -> SendResult:
-        """Hand one SMS to Twilio (after waiting for this sender's slot)."""
-        if not isinstance(message, SmsMessage):
-            raise TypeError("the Twilio transport sends SMS only")
+    def send(self, message: Message, *, at: float | None = None) -> SendResult:
+        """Hand one SMS to Twilio: at ``at`` (``time.monotonic()``) when the caller reserved its
+        slot for then (:meth:`reserve`), else after waiting for this sender's next slot."""
+        message = _sms(message)
         messages = self._messages()
         sender = self.sender_for(message.to)
         sent_from: dict[str, str] = (
             {"messaging_service_sid": sender} if self._messaging_service_sid else {"from_": sender}
         )
-        # At most a few sends per sender under way in this process: each one holds a slot.
-        with self._gate(sender):
-            return self._send(messages, message, sender, sent_from)
-
-    def _send(
-        self, messages: Any, message: SmsMessage, sender: str, sent_from: dict[str, str]
-    ) -> SendResult:
-        try:
-            self._limiter.acquire(sender)
-        except RateLimitTimeout as exc:
-            raise TransportError(str(exc), permanent=False, code="rate-limited") from None
-        except RateLimiterUnavailable as exc:
-            detail = f"shared rate limiter unavailable ({exc})"
-            raise TransportError(detail, permanent=False, code="rate-limiter") from None
+        if at is not None:
+            # The client is ready before the wait: the request leaves at the slot, not later.
+            delay = at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if time.monotonic() - at > MISSED:
+                # Too late for the slot (a busy machine): it passes unused, another is taken.
+                at = None
+        if at is None:
+            try:
+                self._limiter.acquire(sender)
+            except RateLimitTimeout as exc:
+                raise TransportError(str(exc), permanent=False, code="rate-limited") from None
+            except RateLimiterUnavailable as exc:
+                detail = f"shared rate limiter unavailable ({exc})"
+                raise TransportError(detail, permanent=False, code="rate-limiter") from None
         from twilio.base.exceptions import TwilioException
 
         try:
@@ -326,6 +321,12 @@ class TwilioTransport:
                 f"Twilio lookup failed ({type(exc).__name__})", permanent=False, code="lookup"
             ) from None
         return found
+
+
+def _sms(message: Message) -> SmsMessage:
+    if not isinstance(message, SmsMessage):
+        raise TypeError("the Twilio transport sends SMS only")
+    return message
 
 
 def _match(records: Iterable[Any], message: SmsMessage, window: datetime) -> SendResult | None:

@@ -11,10 +11,10 @@ replaced by its email version (:mod:`aftercare.reminders.fallback`).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,10 +27,12 @@ from sqlalchemy.orm import Session
 from aftercare.channels.base import (
     LookupUnsupported,
     Message,
+    PacedTransport,
     SendResult,
     Transport,
     TransportError,
 )
+from aftercare.channels.ratelimit import LEAD
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.flags.service import raise_flag
@@ -106,6 +108,7 @@ class _Prepared:
     attempts: int
     channel: str
     due_at: datetime
+    patient_id: int
     message: Message
     # The reminder's updated_at as this worker last set it: its claim on the 'sending' row.
     claimed_at: datetime
@@ -121,9 +124,10 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     """Send a batch of queued reminders, each one independently idempotent.
 
     One transaction checks every reminder, moves the sendable ones to ``sending`` and writes
-    their attempts; then the messages go to their providers, concurrently (:data:`SEND_THREADS`);
-    then one transaction records the successes (failures are recorded one by one, by the thread
-    that saw them). Returns an outcome per id, in order.
+    their attempts; then the messages go to their providers, concurrently (:data:`SEND_THREADS`)
+    but one after another and in due order for each recipient (:func:`_send_all`); then one
+    transaction records the successes (failures are recorded one by one, by the thread that saw
+    them). Returns an outcome per id, in order.
     """
     now = deps.clock.now()
     outcomes: dict[int, str] = {}
@@ -131,6 +135,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     with deps.db.session() as db_session:
         loaded = _load_many(db_session, reminder_ids)
         sendable: list[tuple[Reminder, Message]] = []
+        patient_of: dict[int, int] = {}
         for reminder_id in reminder_ids:
             if reminder_id in outcomes:
                 continue
@@ -143,6 +148,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
                 outcomes[reminder_id] = outcome
             else:
                 sendable.append((row[0], message))
+                patient_of[reminder_id] = row[2].id
         moved = set(
             states.transition(
                 db_session,
@@ -176,6 +182,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
                     attempts=reminder.attempts + 1,
                     channel=reminder.channel,
                     due_at=reminder.due_at,
+                    patient_id=patient_of[reminder.id],
                     message=message,
                     claimed_at=now,
                 )
@@ -204,8 +211,8 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
 
 
 # A batch's messages go to their providers concurrently, on this many threads per process: the
-# transports wait on sockets (and the SMS rate limiter sleeps), so one process keeps several
-# round trips in flight instead of waiting for each in turn.
+# transports wait on sockets, so one process keeps several round trips in flight instead of
+# waiting for each in turn.
 SEND_THREADS = 8
 
 _pool: ThreadPoolExecutor | None = None
@@ -233,34 +240,146 @@ os.register_at_fork(after_in_child=_forget_pool)
 _SendOutcome = tuple[str, SendResult | None, BaseException | None]
 
 
+@dataclass
+class _Chain:
+    """One recipient's messages in a batch, sent one after another in due order. ``at`` is the
+    monotonic time of the first message's reserved slot (when ``held``); ``refused`` is the
+    error that kept it from being reserved (the first message then fails without a send)."""
+
+    items: list[_Prepared]
+    at: float = 0.0
+    held: bool = False
+    refused: TransportError | None = None
+
+
+def _chains(prepared: list[_Prepared]) -> list[_Chain]:
+    """The batch by recipient (patient), each in due order; chains in order of their first."""
+    by_patient: dict[int, list[_Prepared]] = {}
+    for item in prepared:
+        by_patient.setdefault(item.patient_id, []).append(item)
+    chains = [_Chain(sorted(items, key=lambda i: i.due_at)) for items in by_patient.values()]
+    return sorted(chains, key=lambda chain: chain.items[0].due_at)
+
+
 def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> list[_SendOutcome]:
-    """Send every prepared message (concurrently when there are several); outcomes in order."""
+    """Send every prepared message; outcomes in order.
+
+    Messages to one recipient go one after another, in due order; different recipients' go
+    concurrently. A paced transport's (SMS) slots are reserved here, for every chain's first
+    message at most :data:`LEAD` seconds ahead, and the chains go to the send threads in slot
+    order, so the threads always work on the earliest slots: one sender's far slot never holds
+    a thread while other senders' slots pass. A chain whose slot is further away waits here
+    and is reserved again once it is near.
+    """
     # Built here, in one thread: the lazy transports are not meant to be built concurrently.
     transports = {channel: deps.transports[channel] for channel in {i.channel for i in prepared}}
+    outcomes: dict[int, _SendOutcome] = {}
     if len(prepared) <= 1 or SEND_THREADS <= 1:
-        return [_send_one(deps, transports[i.channel], i, started=started) for i in prepared]
+        for item in sorted(prepared, key=lambda i: i.due_at):
+            outcomes[item.reminder_id] = _send_one(
+                deps, transports[item.channel], item, started=started
+            )
+        return [outcomes[item.reminder_id] for item in prepared]
     pool = _send_pool()
-    outcomes: list[_SendOutcome] = []
-    # Only reminders due at the same instant go out together: one due earlier still reaches
-    # the provider first (a backlog's batch mixes due times; a burst's shares one).
-    for _, group in itertools.groupby(prepared, key=lambda item: item.due_at):
-        futures = [
-            pool.submit(_send_one, deps, transports[i.channel], i, started=started) for i in group
+    futures = []
+    waiting = _chains(prepared)
+    while True:
+        ready, waiting, retry_in = _reserve(transports, waiting)
+        ready.sort(key=lambda chain: chain.at)
+        futures += [
+            pool.submit(_send_chain, deps, transports, chain, started=started) for chain in ready
         ]
-        outcomes += [future.result() for future in futures]
+        if not waiting:
+            break
+        time.sleep(retry_in)
+    for future in futures:
+        outcomes.update(future.result())
+    return [outcomes[item.reminder_id] for item in prepared]
+
+
+def _reserve(
+    transports: dict[str, Transport], chains: list[_Chain]
+) -> tuple[list[_Chain], list[_Chain], float]:
+    """(chains ready to send, chains whose slot is not near yet, seconds until one may be)."""
+    ready: list[_Chain] = []
+    waiting: list[_Chain] = []
+    retry_in = LEAD
+    paced: dict[str, tuple[PacedTransport, list[_Chain]]] = {}
+    for chain in chains:
+        transport = transports[chain.items[0].channel]
+        if isinstance(transport, PacedTransport):
+            paced.setdefault(chain.items[0].channel, (transport, []))[1].append(chain)
+        else:
+            chain.at = time.monotonic()
+            ready.append(chain)
+    for transport, group in paced.values():
+        try:
+            slots = transport.reserve([c.items[0].message for c in group], within=LEAD)
+        except TransportError as exc:
+            for chain in group:
+                chain.refused, chain.at = exc, time.monotonic()
+            ready += group
+            continue
+        now = time.monotonic()
+        for chain, slot in zip(group, slots, strict=True):
+            if slot.held:
+                chain.at, chain.held = now + slot.wait, True
+                ready.append(chain)
+            else:
+                waiting.append(chain)
+                retry_in = min(retry_in, max(slot.wait - LEAD, 0.0))
+    # Not a busy loop: a slot is refused only when it is more than LEAD away.
+    return ready, waiting, max(retry_in, 0.001)
+
+
+def _send_chain(
+    deps: Deps, transports: dict[str, Transport], chain: _Chain, *, started: datetime
+) -> dict[int, _SendOutcome]:
+    """Send one recipient's messages one after another (the first at its reserved slot)."""
+    outcomes: dict[int, _SendOutcome] = {}
+    for position, item in enumerate(chain.items):
+        transport = transports[item.channel]
+        if position == 0 and chain.refused is not None:
+            outcomes[item.reminder_id] = _refuse(deps, transport, item, chain.refused)
+            continue
+        at = chain.at if position == 0 and chain.held else None
+        outcomes[item.reminder_id] = _send_one(deps, transport, item, started=started, at=at)
     return outcomes
 
 
+def _refuse(deps: Deps, transport: Transport, item: _Prepared, exc: TransportError) -> _SendOutcome:
+    """A message whose slot could not be reserved: a transient failure, nothing sent."""
+    try:
+        metrics.PROVIDER_ERRORS.labels(transport.name, exc.code or "none").inc()
+        return (
+            _record_failure(deps, item.reminder_id, item.attempt_id, item.attempts, exc),
+            None,
+            None,
+        )
+    except Exception as error:  # noqa: BLE001 - raised by deliver_batch once the batch is recorded
+        return "error", None, error
+
+
 def _send_one(
-    deps: Deps, transport: Transport, item: _Prepared, *, started: datetime
+    deps: Deps,
+    transport: Transport,
+    item: _Prepared,
+    *,
+    started: datetime,
+    at: float | None = None,
 ) -> _SendOutcome:
-    """Send one message and settle a failed send (each in its own database session)."""
+    """Send one message and settle a failed send (each in its own database session). With
+    ``at``, the message's slot was reserved for that monotonic time: the transport sends it
+    then (the claim is checked before, so nothing slow comes between the slot and the send)."""
     try:
         if not _still_ours(deps, item):
             return "taken-over", None, None
         crash_point("before_send")
         try:
-            result = transport.send(item.message)
+            if at is not None and isinstance(transport, PacedTransport):
+                result = transport.send(item.message, at=at)
+            else:
+                result = transport.send(item.message)
         except TransportError as exc:
             metrics.PROVIDER_ERRORS.labels(transport.name, exc.code or "none").inc()
             if exc.ambiguous:
