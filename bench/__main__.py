@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--scenarios a,b] [--burst-size N] [--json PATH]``: run the
-benchmarks, print the table, write the JSON. Everything it starts (database, Redis claim,
+"""``python -m bench [--quick] [--scenarios a,b] [--burst-size N] [--reps N] [--json PATH]``:
+run the benchmarks, print the table, write the JSON. Everything it starts (database, Redis claim,
 processes, fake providers) it also removes, whatever happens."""
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions of each scenario (default: 3; quick: 1); fewer for an A/B only",
+    )
+    parser.add_argument(
         "--burst-size",
         type=int,
         default=None,
@@ -49,6 +55,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown or not chosen:
         parser.error(f"--scenarios: unknown {', '.join(unknown) or '(none)'}")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps: at least 1")
+    if args.burst_size is not None and args.burst_size < 1:
+        parser.error("--burst-size: at least 1")
     args.chosen = chosen
     return args
 
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(pg.url)
         bench = Bench(
             quick=args.quick,
-            reps=1 if args.quick else 3,
+            reps=args.reps or (1 if args.quick else 3),
             pg=pg,
             redis=redis,
             scratch=scratch,
