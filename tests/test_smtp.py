@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage as ParsedEmail
@@ -409,6 +409,63 @@ def test_send_when_no_answer_after_the_message_body_then_ambiguous(mail: Loopbac
     assert (caught.value.permanent, caught.value.ambiguous) == (False, True)
     # The server did get it: this is why an ambiguous email may arrive twice.
     assert len(mail.recorder.received) == 1
+
+
+def test_send_when_recipient_address_is_international_then_smtputf8_and_raw_utf8_headers(
+    start_server: StartServer,
+) -> None:
+    server = start_server()  # aiosmtpd's Controller offers SMTPUTF8
+    message = replace(sample_email(), to="zoë@exämple.com")
+    transport(f"smtp://127.0.0.1:{server.port}?starttls=off").send(message)
+    [received] = server.recorder.received
+    assert received.rcpt_tos == ["zoë@exämple.com"]
+    assert "SMTPUTF8" in received.mail_options
+    assert "To: zoë@exämple.com\r\n".encode() in received.data
+    assert "Subject: Looking after your legs – day 1\r\n".encode() in received.data
+    assert parsed(received)["To"] == "zoë@exämple.com"
+
+
+def test_send_when_recipient_is_international_but_server_lacks_smtputf8_then_permanent(
+    start_server: StartServer,
+) -> None:
+    server = start_server(enable_SMTPUTF8=False)
+    message = replace(sample_email(), to="zoë@exämple.com")
+    with pytest.raises(TransportError) as caught:
+        transport(f"smtp://127.0.0.1:{server.port}?starttls=off").send(message)
+    assert (caught.value.permanent, caught.value.code, caught.value.ambiguous) == (
+        True,
+        "smtputf8",
+        False,
+    )
+    assert server.recorder.received == []
+
+
+@dataclass
+class SevenBit(Recorder):
+    """A server that does not offer 8BITMIME: it only takes 7-bit text."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if "8BITMIME" not in r]
+
+
+def test_send_when_server_lacks_8bitmime_then_non_ascii_goes_as_7bit_encodings(
+    start_server: StartServer,
+) -> None:
+    server = start_server(SevenBit())
+    message = replace(
+        sample_email(), subject="Zoë: day 1", text="Zoë, keep them on.\n", html="<p>Zoë</p>\n"
+    )
+    transport(f"smtp://127.0.0.1:{server.port}?starttls=off").send(message)
+    [received] = server.recorder.received
+    assert "BODY=8BITMIME" not in received.mail_options
+    assert received.data.isascii()
+    parts = list(parsed(received).walk())[1:]
+    assert [p["Content-Transfer-Encoding"] for p in parts] == ["base64", "base64"]
+    assert [p.get_content() for p in parts] == ["Zoë, keep them on.\n", "<p>Zoë</p>\n"]
+    assert parsed(received)["Subject"] == "Zoë: day 1"
 
 
 # --- Through the delivery service ---------------------------------------------------------------

@@ -20,7 +20,6 @@ the patient gets the same email twice, which is acceptable for email (never for 
 
 from __future__ import annotations
 
-import email.policy
 import os
 import re
 import smtplib
@@ -32,7 +31,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage as MimeMessage
 from email.utils import parseaddr
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -44,7 +42,7 @@ from aftercare.channels.base import (
     SendResult,
     TransportError,
 )
-from aftercare.channels.mime import build_mime
+from aftercare.channels.mime import Stamp, new_stamp, render_mime
 
 StartTls = Literal["auto", "off", "require"]
 _DEFAULT_PORTS = {"smtp": 587, "smtps": 465}
@@ -170,6 +168,8 @@ class SmtpTransport:
         self.config = config
         self.sender = sender
         self.envelope_from = parseaddr(sender)[1] or sender
+        # Message-IDs end in the sender's domain.
+        self._domain = self.envelope_from.rpartition("@")[2] or None
         # Injected by tests that trust their own certificate; otherwise the system's CAs.
         self._ssl_context = ssl_context
         self._monotonic = monotonic
@@ -189,14 +189,19 @@ class SmtpTransport:
     def send(self, message: Message) -> SendResult:
         if not isinstance(message, EmailMessage):
             raise TypeError("the SMTP transport sends email only")
-        mime = build_mime(message, sender=self.sender)
+        # Made once, before any connection is used: a second try on a new connection sends the
+        # same email (Date, Message-ID), and a malformed message fails without reaching a server.
+        stamp = new_stamp(message, domain=self._domain)
+        international = not (self.envelope_from + message.to).isascii()
+        # Raw UTF-8 headers only for an SMTPUTF8 conversation; RFC 2047 encoded words otherwise.
+        data = render_mime(message, sender=self.sender, stamp=stamp, utf8=international)
         client = self._take()
         reused = client is not None
         if client is None:
             client = self._connect()
         try:
             try:
-                self._transmit(client, mime, message.to)
+                self._transmit(client, message, stamp, data)
             except TransportError as exc:
                 if not (reused and exc.code in _CONNECTION_LOST and not exc.ambiguous):
                     raise
@@ -204,7 +209,7 @@ class SmtpTransport:
                 # message was accepted (the body was not sent): once more on a new connection.
                 client.close()
                 client = self._connect()
-                self._transmit(client, mime, message.to)
+                self._transmit(client, message, stamp, data)
         except TransportError as exc:
             if exc.ambiguous or exc.code in _CONNECTION_LOST or not _reset(client):
                 client.close()
@@ -217,8 +222,7 @@ class SmtpTransport:
             client.close()
             raise
         self._give_back(client)
-        message_id = str(mime["Message-ID"] or message.key).strip().strip("<>")
-        return SendResult(provider_id=message_id[:64])
+        return SendResult(provider_id=stamp.message_id.strip("<>")[:64])
 
     def close(self) -> None:
         """Say goodbye on every kept connection (they are otherwise left to the server's idle
@@ -315,15 +319,20 @@ class SmtpTransport:
                 code="tls-required",
             )
 
-    def _transmit(self, client: smtplib.SMTP, mime: MimeMessage, to: str) -> None:
-        """MAIL, RCPT, DATA, then the body: only a failure after the body is ambiguous."""
+    def _transmit(
+        self, client: smtplib.SMTP, message: EmailMessage, stamp: Stamp, data: bytes
+    ) -> None:
+        """MAIL, RCPT, DATA, then the body (``data``, rendered for an 8BITMIME server): only a
+        failure after the body is ambiguous."""
+        to = message.to
         international = not (self.envelope_from + to).isascii()
         eight_bit = client.has_extn("8bitmime")
-        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
         options = ["BODY=8BITMIME"] if eight_bit else []
         if not eight_bit:
             # Base64/quoted-printable bodies for a server that only takes 7-bit text.
-            policy = policy.clone(cte_type="7bit")
+            data = render_mime(
+                message, sender=self.sender, stamp=stamp, utf8=international, eight_bit=False
+            )
         if international:
             if not client.has_extn("smtputf8"):
                 raise TransportError(
@@ -332,9 +341,7 @@ class SmtpTransport:
                     code="smtputf8",
                 )
             options.append("SMTPUTF8")
-        payload = _LINE_START_DOT.sub(b"..", mime.as_bytes(policy=policy))
-        if not payload.endswith(b"\r\n"):
-            payload += b"\r\n"
+        payload = _LINE_START_DOT.sub(b"..", data)
         with _classified("envelope"):
             _expect(client.mail(self.envelope_from, options), 250)
             _expect(client.rcpt(to), 250, 251)
