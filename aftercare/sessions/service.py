@@ -17,7 +17,13 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.regimens.model import Channel, ParameterError, Regimen
-from aftercare.sessions.pgcopy import SKIPPED_REASON, column_types, copy_reminders, reminder_types
+from aftercare.sessions.pgcopy import (
+    SKIPPED_REASON,
+    column_types,
+    copy_reminders,
+    insert_session,
+    reminder_types,
+)
 from aftercare.sessions.validation import (
     FieldError,
     ValidationFailed,
@@ -173,7 +179,7 @@ def patient_values(valid: ValidSession, now: datetime) -> dict[str, Any]:
 
 
 def session_values(
-    valid: ValidSession, patient_id: int, now: datetime, *, created_by_id: int | None = None
+    valid: ValidSession, patient_id: int | None, now: datetime, *, created_by_id: int | None = None
 ) -> dict[str, Any]:
     """A new session's row, as every enrolment path inserts it."""
     return {
@@ -203,28 +209,34 @@ def record_session(
     """Store the patient (unless given), the session and every planned reminder; no commit.
 
     The rows are written with Core INSERTs, not through the unit of work: building the
-    instrumented objects and flushing them cost most of an enrolment. The session comes back
+    instrumented objects and flushing them cost most of an enrolment. On PostgreSQL the new
+    patient and the session are one statement and the reminders one binary COPY, on the
+    driver's cursor: each statement is a round trip. The session comes back
     as a persistent ORM object holding exactly what was inserted (no query to read it back);
     its ``reminders`` are loaded from the database if asked for.
     """
     connection = db_session.connection()
-    if patient is None:
-        patient_id = connection.execute(
-            insert(Patient).returning(Patient.id), patient_values(valid, now)
-        ).scalar_one()
-    else:
+    if patient is not None:
         db_session.flush()
-        patient_id = patient.id
-    values = session_values(valid, patient_id, now, created_by_id=created_by_id)
-    session_id = connection.execute(
-        insert(TreatmentSession).returning(TreatmentSession.id), values
-    ).scalar_one()
-    if valid.plan:
-        driver = connection.connection.driver_connection
-        if isinstance(driver, psycopg.Connection):
-            with driver.cursor() as cursor:
+    new_patient = patient_values(valid, now) if patient is None else None
+    values = session_values(
+        valid, None if patient is None else patient.id, now, created_by_id=created_by_id
+    )
+    driver = connection.connection.driver_connection
+    if isinstance(driver, psycopg.Connection):
+        with driver.cursor() as cursor:
+            session_id, values["patient_id"] = insert_session(cursor, values, patient=new_patient)
+            if valid.plan:
                 copy_reminders(cursor, [(session_id, valid.plan)], now, _reminder_types(cursor))
-        else:
+    else:
+        if new_patient is not None:
+            values["patient_id"] = connection.execute(
+                insert(Patient).returning(Patient.id), new_patient
+            ).scalar_one()
+        session_id = connection.execute(
+            insert(TreatmentSession).returning(TreatmentSession.id), values
+        ).scalar_one()
+        if valid.plan:
             connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
     # Every column set (those the INSERT left NULL too), so no attribute is expired and reading
     # one never queries; then attached as if loaded.

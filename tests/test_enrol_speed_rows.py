@@ -1,0 +1,113 @@
+"""What record_session stores on its fast paths (on PostgreSQL the new patient and the session
+in one statement on the driver's cursor, the reminders by binary COPY): the same rows as
+anywhere else, whatever the connection's time zone, and under an existing patient when given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import StatementError
+
+from aftercare.runtime import Runtime
+from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.storage.db import Database
+from aftercare.storage.models import Patient, Reminder, TreatmentSession
+from tests.conftest import _truncate, make_settings
+
+NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+
+
+def _request(number: str, *, treated_at: datetime = NOW) -> SessionRequest:
+    return SessionRequest(
+        name="Jane Doe",
+        phone=f"07911 {number}",
+        email=f"jane{number}@example.org",
+        timezone="Europe/London",
+        channels=["sms", "email"],
+        treated_at=treated_at.isoformat(),
+    )
+
+
+@pytest.fixture
+def tokyo_db(pg_url: str) -> Iterator[Database]:
+    """PostgreSQL connections whose session time zone is not UTC (emptied after)."""
+    db = Database(pg_url, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    yield db
+    _truncate(db)
+    db.dispose()
+
+
+def test_times_are_stored_as_utc_whatever_the_connection_time_zone(
+    tokyo_db: Database, tmp_path: Path
+) -> None:
+    rt = Runtime(make_settings(tmp_path))
+    treated = NOW - timedelta(days=2)
+    valid = validate_request(
+        _request("700001", treated_at=treated), registry=rt.registry, quiet=rt.quiet, now=NOW
+    )
+    with tokyo_db.session() as db_session:
+        session_id = record_session(db_session=db_session, valid=valid, now=NOW).id
+
+    with tokyo_db.session() as db_session:
+        session = db_session.get_one(TreatmentSession, session_id)
+        assert (session.treated_at, session.recorded_at) == (treated, NOW)
+        assert session.patient.created_at == NOW
+        stored = {
+            (r.step, r.occurrence, r.channel): (r.nominal_at, r.due_at, r.expires_at, r.updated_at)
+            for r in db_session.scalars(select(Reminder).where(Reminder.session_id == session_id))
+        }
+    assert stored == {
+        (p.step, p.occurrence, p.channel): (p.nominal_utc, p.due_utc, p.expires_utc, NOW)
+        for p in valid.plan
+    }
+
+
+def test_a_session_for_an_existing_patient_is_stored_under_that_patient(
+    runtime: Runtime,
+) -> None:
+    rt = runtime
+    first = validate_request(_request("700002"), registry=rt.registry, quiet=rt.quiet, now=NOW)
+    with rt.db.session() as db_session:
+        patient_id = record_session(db_session=db_session, valid=first, now=NOW).patient_id
+    second = validate_request(
+        _request("700002", treated_at=NOW + timedelta(hours=1)),
+        registry=rt.registry,
+        quiet=rt.quiet,
+        now=NOW + timedelta(hours=1),
+    )
+
+    with rt.db.session() as db_session:
+        patient = db_session.get_one(Patient, patient_id)
+        session = record_session(
+            db_session=db_session, valid=second, now=NOW + timedelta(hours=1), patient=patient
+        )
+        assert session.patient_id == patient_id
+        assert session.patient is patient
+
+    with rt.db.session() as db_session:
+        assert db_session.scalar(select(func.count()).select_from(Patient)) == 1
+        sessions = db_session.scalars(select(TreatmentSession).order_by(TreatmentSession.id))
+        assert [(s.patient_id, s.treated_at) for s in sessions] == [
+            (patient_id, NOW),
+            (patient_id, NOW + timedelta(hours=1)),
+        ]
+        assert db_session.scalar(
+            select(func.count()).where(Reminder.session_id == session.id)
+        ) == len(second.plan)
+
+
+def test_a_naive_time_is_refused_as_the_utc_columns_refuse_it(runtime: Runtime) -> None:
+    rt = runtime
+    valid = validate_request(_request("700003"), registry=rt.registry, quiet=rt.quiet, now=NOW)
+    # Core wraps the column type's ValueError in a StatementError; the PostgreSQL path raises it.
+    with (
+        pytest.raises((ValueError, StatementError), match="naive datetime"),
+        rt.db.session() as db_session,
+    ):
+        record_session(db_session=db_session, valid=valid, now=NOW.replace(tzinfo=None))
+    with rt.db.session() as db_session:
+        assert db_session.scalar(select(func.count()).select_from(TreatmentSession)) == 0
