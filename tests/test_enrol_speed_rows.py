@@ -9,11 +9,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import StatementError
 
 from aftercare.runtime import Runtime
-from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.sessions.service import (
+    SessionRequest,
+    record_session,
+    reminder_rows,
+    validate_request,
+)
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
 from tests.conftest import _truncate, make_settings
@@ -111,3 +116,36 @@ def test_a_naive_time_is_refused_as_the_utc_columns_refuse_it(runtime: Runtime) 
         record_session(db_session=db_session, valid=valid, now=NOW.replace(tzinfo=None))
     with rt.db.session() as db_session:
         assert db_session.scalar(select(func.count()).select_from(TreatmentSession)) == 0
+
+
+def test_on_sqlite_reminders_are_stored_exactly_as_core_inserts_them(sqlite_url: str) -> None:
+    """record_session binds SQLite's reminder rows itself; the stored text (dates as written,
+    booleans, NULLs) is what Core's executemany of ``reminder_rows`` writes."""
+    rt = Runtime(make_settings(Path(sqlite_url.split("///", 1)[1]).parent, database_url=sqlite_url))
+    recorded = NOW + timedelta(microseconds=123)
+    valid = validate_request(
+        _request("700004", treated_at=NOW - timedelta(days=5)),
+        registry=rt.registry,
+        quiet=rt.quiet,
+        now=recorded,
+    )
+    assert {"scheduled", "skipped"} <= {p.state for p in valid.plan}
+    with rt.db.session() as db_session:
+        ours = record_session(db_session=db_session, valid=valid, now=recorded).id
+        other = record_session(db_session=db_session, valid=valid, now=recorded).id
+        db_session.execute(delete(Reminder).where(Reminder.session_id == other))
+        db_session.execute(insert(Reminder), reminder_rows(other, valid.plan, recorded))
+
+    columns = [c.name for c in Reminder.__table__.columns if c.name not in ("id", "session_id")]
+    listed = ", ".join(f"{c}, typeof({c})" for c in columns)
+    with rt.db.engine.connect() as conn:
+        stored = {
+            session_id: conn.exec_driver_sql(
+                f"SELECT {listed} FROM reminders WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            ).all()
+            for session_id in (ours, other)
+        }
+    rt.db.dispose()
+    assert len(stored[ours]) == len(valid.plan)
+    assert stored[ours] == stored[other]

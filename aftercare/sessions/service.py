@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import psycopg
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from aftercare.planning.planner import PlannedReminder, plan
@@ -18,6 +18,7 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.regimens.model import Channel, ParameterError, Regimen
 from aftercare.sessions.pgcopy import (
+    REMINDER_COLUMNS,
     SKIPPED_REASON,
     column_types,
     copy_reminders,
@@ -236,7 +237,9 @@ def record_session(
         session_id = connection.execute(
             insert(TreatmentSession).returning(TreatmentSession.id), values
         ).scalar_one()
-        if valid.plan:
+        if valid.plan and connection.dialect.name == "sqlite":
+            _insert_reminders_sqlite(connection, session_id, valid.plan, now)
+        elif valid.plan:
             connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
     # Every column set (those the INSERT left NULL too), so no attribute is expired and reading
     # one never queries; then attached as if loaded.
@@ -288,3 +291,53 @@ def reminder_rows(
         }
         for item in plan
     ]
+
+
+_SQLITE_INSERT_REMINDERS = (
+    f"INSERT INTO reminders ({', '.join(REMINDER_COLUMNS)}) "  # noqa: S608 - constant names
+    f"VALUES ({', '.join('?' * len(REMINDER_COLUMNS))})"
+)
+
+
+def _insert_reminders_sqlite(
+    connection: Connection, session_id: int, plan: Sequence[PlannedReminder], now: datetime
+) -> None:
+    """``reminder_rows`` as Core would insert them on SQLite, bound here instead.
+
+    Core's executemany converts each of a session's ~180 datetimes with the column type's two
+    processors and builds a parameter dict per row (about half of storing a session on
+    SQLite); a plan repeats few distinct instants, so each is converted once, with those very
+    processors, and the rows go to the driver as tuples.
+    """
+    dialect = connection.dialect
+    process = Reminder.__table__.c.due_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    # The planner's instants are all UTC, where equal datetimes are the same instant.
+    stored: dict[datetime | None, Any] = {None: None}
+
+    def at(instant: datetime | None) -> Any:
+        value = stored.get(instant)
+        if value is None and instant is not None:
+            value = stored[instant] = process(instant)
+        return value
+
+    updated_at = process(now)
+    rows = [
+        (
+            session_id,
+            item.step,
+            item.occurrence,
+            item.channel,
+            item.template,
+            at(item.nominal_utc),
+            at(item.due_utc),
+            at(item.expires_utc),
+            item.critical,
+            item.state,
+            0,
+            updated_at,
+            SKIPPED_REASON if item.state == "skipped" else None,
+        )
+        for item in plan
+    ]
+    connection.exec_driver_sql(_SQLITE_INSERT_REMINDERS, rows)
