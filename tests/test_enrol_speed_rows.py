@@ -9,18 +9,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import StatementError
 
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import (
     SessionRequest,
+    patient_values,
     record_session,
     reminder_rows,
+    session_values,
     validate_request,
 )
 from aftercare.storage.db import Database
-from aftercare.storage.models import Patient, Reminder, TreatmentSession
+from aftercare.storage.models import Base, Patient, Reminder, TreatmentSession
 from tests.conftest import _truncate, make_settings
 
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
@@ -118,9 +120,10 @@ def test_a_naive_time_is_refused_as_the_utc_columns_refuse_it(runtime: Runtime) 
         assert db_session.scalar(select(func.count()).select_from(TreatmentSession)) == 0
 
 
-def test_on_sqlite_reminders_are_stored_exactly_as_core_inserts_them(sqlite_url: str) -> None:
-    """record_session binds SQLite's reminder rows itself; the stored text (dates as written,
-    booleans, NULLs) is what Core's executemany of ``reminder_rows`` writes."""
+def test_on_sqlite_rows_are_stored_exactly_as_core_inserts_them(sqlite_url: str) -> None:
+    """record_session binds SQLite's rows itself; the stored text (dates as written, JSON,
+    booleans, NULLs) is what Core's INSERTs of ``patient_values``, ``session_values`` and
+    ``reminder_rows`` write."""
     rt = Runtime(make_settings(Path(sqlite_url.split("///", 1)[1]).parent, database_url=sqlite_url))
     recorded = NOW + timedelta(microseconds=123)
     valid = validate_request(
@@ -132,8 +135,13 @@ def test_on_sqlite_reminders_are_stored_exactly_as_core_inserts_them(sqlite_url:
     assert {"scheduled", "skipped"} <= {p.state for p in valid.plan}
     with rt.db.session() as db_session:
         ours = record_session(db_session=db_session, valid=valid, now=recorded).id
-        other = record_session(db_session=db_session, valid=valid, now=recorded).id
-        db_session.execute(delete(Reminder).where(Reminder.session_id == other))
+        patient = db_session.execute(
+            insert(Patient).returning(Patient.id), patient_values(valid, recorded)
+        ).scalar_one()
+        other = db_session.execute(
+            insert(TreatmentSession).returning(TreatmentSession.id),
+            session_values(valid, patient, recorded),
+        ).scalar_one()
         db_session.execute(insert(Reminder), reminder_rows(other, valid.plan, recorded))
 
     columns = [c.name for c in Reminder.__table__.columns if c.name not in ("id", "session_id")]
@@ -146,6 +154,17 @@ def test_on_sqlite_reminders_are_stored_exactly_as_core_inserts_them(sqlite_url:
             ).all()
             for session_id in (ours, other)
         }
+        sessions = conn.exec_driver_sql(_typed("treatment_sessions", "patient_id")).all()
+        patients = conn.exec_driver_sql(_typed("patients", "public_id")).all()
     rt.db.dispose()
     assert len(stored[ours]) == len(valid.plan)
     assert stored[ours] == stored[other]
+    assert len(sessions) == len(patients) == 2
+    assert sessions[0] == sessions[1]
+    assert patients[0] == patients[1]
+
+
+def _typed(table: str, *but: str) -> str:
+    """Every column's stored value and SQLite type, but the ids and ``but``."""
+    names = [c.name for c in Base.metadata.tables[table].columns if c.name not in ("id", *but)]
+    return f"SELECT {', '.join(f'{c}, typeof({c})' for c in names)} FROM {table} ORDER BY id"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import psycopg
-from sqlalchemy import Connection, insert
+from sqlalchemy import Dialect, Table, insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from aftercare.planning.planner import PlannedReminder, plan
@@ -35,7 +37,7 @@ from aftercare.sessions.validation import (
     clean_phone,
     clean_timezone,
 )
-from aftercare.storage.models import Patient, Reminder, TreatmentSession
+from aftercare.storage.models import Base, Patient, Reminder, TreatmentSession
 
 MAX_FUTURE = timedelta(days=1)
 
@@ -229,6 +231,12 @@ def record_session(
             session_id, values["patient_id"] = insert_session(cursor, values, patient=new_patient)
             if valid.plan:
                 copy_reminders(cursor, [(session_id, valid.plan)], now, _reminder_types(cursor))
+    elif isinstance(driver, sqlite3.Connection):
+        if new_patient is not None:
+            values["patient_id"] = _insert_sqlite(driver, connection.dialect, Patient, new_patient)
+        session_id = _insert_sqlite(driver, connection.dialect, TreatmentSession, values)
+        if valid.plan:
+            _insert_reminders_sqlite(driver, connection.dialect, session_id, valid.plan, now)
     else:
         if new_patient is not None:
             values["patient_id"] = connection.execute(
@@ -237,9 +245,7 @@ def record_session(
         session_id = connection.execute(
             insert(TreatmentSession).returning(TreatmentSession.id), values
         ).scalar_one()
-        if valid.plan and connection.dialect.name == "sqlite":
-            _insert_reminders_sqlite(connection, session_id, valid.plan, now)
-        elif valid.plan:
+        if valid.plan:
             connection.execute(insert(Reminder), reminder_rows(session_id, valid.plan, now))
     # Every column set (those the INSERT left NULL too), so no attribute is expired and reading
     # one never queries; then attached as if loaded.
@@ -293,6 +299,53 @@ def reminder_rows(
     ]
 
 
+# SQLite: the rows go to the driver, bound by the columns' own processors (as Core binds them)
+# without Core's work per statement and per row, about half of storing a session there.
+
+_Processor = Callable[[Any], Any] | None
+_processors: WeakKeyDictionary[Dialect, dict[str, dict[str, _Processor]]] = WeakKeyDictionary()
+
+
+def _bind_processors(dialect: Dialect, table: Table) -> dict[str, _Processor]:
+    """Each column's bind processor on this dialect, as Core applies it to an INSERT."""
+    by_table = _processors.setdefault(dialect, {})
+    processors = by_table.get(table.name)
+    if processors is None:
+        processors = by_table[table.name] = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
+        }
+    return processors
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _insert_sqlite(
+    driver: sqlite3.Connection, dialect: Dialect, model: type[Base], values: dict[str, Any]
+) -> int:
+    """INSERT one row of ``model``'s table from ``values``; its new id."""
+    table = _table(model)
+    processors = _bind_processors(dialect, table)
+    sql = _insert_sql(table.name, tuple(values))
+    row = driver.execute(
+        sql, [v if (p := processors[c]) is None else p(v) for c, v in values.items()]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@lru_cache(maxsize=8)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    # The names are a model's table and the keys of patient_values or session_values.
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - see above
+        f"VALUES ({', '.join('?' * len(columns))}) RETURNING id"
+    )
+
+
 _SQLITE_INSERT_REMINDERS = (
     f"INSERT INTO reminders ({', '.join(REMINDER_COLUMNS)}) "  # noqa: S608 - constant names
     f"VALUES ({', '.join('?' * len(REMINDER_COLUMNS))})"
@@ -300,18 +353,18 @@ _SQLITE_INSERT_REMINDERS = (
 
 
 def _insert_reminders_sqlite(
-    connection: Connection, session_id: int, plan: Sequence[PlannedReminder], now: datetime
+    driver: sqlite3.Connection,
+    dialect: Dialect,
+    session_id: int,
+    plan: Sequence[PlannedReminder],
+    now: datetime,
 ) -> None:
-    """``reminder_rows`` as Core would insert them on SQLite, bound here instead.
-
-    Core's executemany converts each of a session's ~180 datetimes with the column type's two
-    processors and builds a parameter dict per row (about half of storing a session on
-    SQLite); a plan repeats few distinct instants, so each is converted once, with those very
-    processors, and the rows go to the driver as tuples.
-    """
-    dialect = connection.dialect
-    process = Reminder.__table__.c.due_at.type.dialect_impl(dialect).bind_processor(dialect)
+    """``reminder_rows`` as Core would insert them. A plan repeats few distinct instants
+    (~70 of ~140 a session), so each is converted once."""
+    processors = _bind_processors(dialect, _table(Reminder))
+    process = processors["due_at"]
     assert process is not None
+    critical = processors["critical"] or bool
     # The planner's instants are all UTC, where equal datetimes are the same instant.
     stored: dict[datetime | None, Any] = {None: None}
 
@@ -322,22 +375,24 @@ def _insert_reminders_sqlite(
         return value
 
     updated_at = process(now)
-    rows = [
-        (
-            session_id,
-            item.step,
-            item.occurrence,
-            item.channel,
-            item.template,
-            at(item.nominal_utc),
-            at(item.due_utc),
-            at(item.expires_utc),
-            item.critical,
-            item.state,
-            0,
-            updated_at,
-            SKIPPED_REASON if item.state == "skipped" else None,
-        )
-        for item in plan
-    ]
-    connection.exec_driver_sql(_SQLITE_INSERT_REMINDERS, rows)
+    driver.executemany(
+        _SQLITE_INSERT_REMINDERS,
+        [
+            (
+                session_id,
+                item.step,
+                item.occurrence,
+                item.channel,
+                item.template,
+                at(item.nominal_utc),
+                at(item.due_utc),
+                at(item.expires_utc),
+                critical(item.critical),
+                item.state,
+                0,
+                updated_at,
+                SKIPPED_REASON if item.state == "skipped" else None,
+            )
+            for item in plan
+        ],
+    )
