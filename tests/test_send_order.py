@@ -8,14 +8,16 @@ Real parts throughout: the outbox, the fake Twilio, the in-process and Redis lim
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, update
 
-from aftercare.channels.base import Message, SendResult, Transport
+from aftercare.channels.base import Message, PacedTransport, SendResult, Slot, Transport
 from aftercare.channels.senders import pick_sender
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, states
@@ -183,3 +185,62 @@ def test_pool_batch_when_the_shared_limiter_is_unreachable_then_nothing_sent_and
     assert server.received == []
     assert sorted(attempts) == [("transient", "rate-limiter")] * 3
     assert reminder_states == {states.SCHEDULED}
+
+
+class LateFor:
+    """Wraps the real Twilio transport: the first send of ``key`` reaches its slot ``late``
+    seconds after it (a busy machine), then goes through the real transport's slot check."""
+
+    def __init__(self, inner: PacedTransport, *, key: str, late: float) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.channel = inner.channel
+        self.key = key
+        self.late = late
+        self.slots: list[float | None] = []
+
+    def reserve(self, messages: Sequence[Message], *, within: float) -> list[Slot]:
+        return self.inner.reserve(messages, within=within)
+
+    def send(self, message: Message, *, at: float | None = None) -> SendResult:
+        if message.key == self.key:
+            self.slots.append(at)
+            if at is not None and len(self.slots) == 1:
+                time.sleep(max(at + self.late - time.monotonic(), 0.0))
+        return self.inner.send(message, at=at)
+
+    def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
+        return self.inner.lookup(message, since=since)
+
+
+def test_pool_batch_when_a_slot_is_reached_late_then_a_new_slot_is_reserved_and_sent_once(
+    pool_rt: tuple[Runtime, FakeTwilio],
+) -> None:
+    """One SMS reaches its reserved slot 150 ms late: nothing goes at the missed slot, the batch
+    reserves it a new one (no thread sleeps for it), and every SMS goes once within the MPS."""
+    rt, server = pool_rt
+    for i, phone in enumerate(PHONES[:6]):
+        enrol(rt, now=NOW, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
+    keep_only(rt, "welcome")
+    ids = claim_all(rt)
+    deps = rt.delivery_deps()
+    inner = rt.transport("sms")
+    assert isinstance(inner, PacedTransport)
+    late = LateFor(inner, key=f"reminder-{ids[0]}", late=0.150)
+    deps.transports = {"sms": late}
+    missed_before = REGISTRY.get_sample_value("aftercare_worker_sms_slots_missed_total") or 0.0
+    assert delivery.deliver_batch(deps=deps, reminder_ids=ids) == [states.SENT] * 6
+    first, second = late.slots  # the missed slot, then a new one: both reserved by the batch
+    assert first is not None
+    assert second is not None
+    assert second > first
+    missed = REGISTRY.get_sample_value("aftercare_worker_sms_slots_missed_total") or 0.0
+    assert missed - missed_before >= 1  # more when this machine is busy enough to miss others
+    assert [r.answer for r in server.received] == ["201"] * 6
+    assert sorted(r.to or "" for r in server.received) == sorted(PHONES[:6])
+    for number in POOL:
+        assert (
+            max(window_counts([r.at for r in server.received if r.from_ == number]), default=0) <= 2
+        )
+    with rt.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(DeliveryAttempt)) == 6

@@ -75,6 +75,15 @@ class TransportError(Exception):
         self.ambiguous = ambiguous
 
 
+class SlotMissed(Exception):
+    """A paced send reached its reserved slot too late to use it: nothing was sent, and the slot
+    passes unused. The caller reserves a new one (the message is not failed)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__(f"reached the sending slot {late * 1000:.0f} ms late")
+        self.late = late
+
+
 class LookupUnsupported(Exception):
     """The transport cannot tell whether an earlier send went through."""
 
@@ -116,5 +125,6 @@ class PacedTransport(Transport, Protocol):
 
     def send(self, message: Message, *, at: float | None = None) -> SendResult:
         """Hand one message to the provider: at ``at`` (``time.monotonic()``) when its slot was
-        reserved for then, else after waiting for a slot."""
+        reserved for then, else after waiting for a slot. Raises SlotMissed (nothing sent) when
+        called too long after ``at``."""
         ...

@@ -39,6 +39,7 @@ from aftercare.channels.base import (
     Message,
     SendResult,
     Slot,
+    SlotMissed,
     SmsMessage,
     TransportError,
 )
@@ -269,7 +270,8 @@ class TwilioTransport:
 
     def send(self, message: Message, *, at: float | None = None) -> SendResult:
         """Hand one SMS to Twilio: at ``at`` (``time.monotonic()``) when the caller reserved its
-        slot for then (:meth:`reserve`), else after waiting for this sender's next slot."""
+        slot for then (:meth:`reserve`), else after waiting for this sender's next slot. Raises
+        SlotMissed, having sent nothing, when it reaches ``at`` more than MISSED late."""
         message = _sms(message)
         messages = self._messages()
         sender = self.sender_for(message.to)
@@ -281,10 +283,12 @@ class TwilioTransport:
             delay = at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            if time.monotonic() - at > MISSED:
-                # Too late for the slot (a busy machine): it passes unused, another is taken.
-                at = None
-        if at is None:
+            late = time.monotonic() - at
+            if late > MISSED:
+                # Too late for the slot (a busy machine): it passes unused, and the caller
+                # reserves another rather than this thread sleeping for it.
+                raise SlotMissed(late)
+        else:
             try:
                 self._limiter.acquire(sender)
             except RateLimitTimeout as exc:

@@ -289,7 +289,7 @@ def worker(
 def dispatch_once() -> None:
     """Claim due reminders once and hand their ids to the broker (beat does this every few
     seconds; this is for operators and scripts)."""
-    from aftercare.reminders.dispatch import dispatch_due
+    from aftercare.reminders.dispatch import claim_order, dispatch_due
     from aftercare.worker.tasks import publish_send
 
     rt = _runtime()
@@ -303,6 +303,7 @@ def dispatch_once() -> None:
         time_budget=60.0,
         max_queued=rt.settings.dispatch_max_queued,
         stale_after=timedelta(seconds=rt.settings.stale_after),
+        order=claim_order(rt.settings),
     )
     typer.echo(json.dumps(summary.as_dict()))
 

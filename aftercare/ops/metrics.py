@@ -22,6 +22,10 @@ PROVIDER_ERRORS = Counter(
     "Provider errors by transport and code",
     ["transport", "code"],
 )
+SLOTS_MISSED = Counter(
+    "aftercare_worker_sms_slots_missed",
+    "Reserved SMS sending slots reached too late and left unused (each message got a new one)",
+)
 LATENESS = Histogram(
     "aftercare_worker_send_lateness_seconds",
     "Provider hand-off time minus due time",

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -29,6 +29,7 @@ from aftercare.channels.base import (
     Message,
     PacedTransport,
     SendResult,
+    SlotMissed,
     Transport,
     TransportError,
 )
@@ -265,11 +266,12 @@ def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> li
     """Send every prepared message; outcomes in order.
 
     Messages to one recipient go one after another, in due order; different recipients' go
-    concurrently. A paced transport's (SMS) slots are reserved here, for every chain's first
-    message at most :data:`LEAD` seconds ahead, and the chains go to the send threads in slot
-    order, so the threads always work on the earliest slots: one sender's far slot never holds
-    a thread while other senders' slots pass. A chain whose slot is further away waits here
-    and is reserved again once it is near.
+    concurrently. A paced transport's (SMS) slots are reserved here, for the next message of
+    every chain at most :data:`LEAD` seconds ahead, and the chains go to the send threads in
+    slot order, so the threads always work on the earliest slots: one sender's far slot never
+    holds a thread while other senders' slots pass. A chain comes back here, to be reserved
+    again, when its slot is further away, when its next message is paced (a thread never sleeps
+    for a slot it did not reserve) and when a thread reached its slot too late to use it.
     """
     # Built here, in one thread: the lazy transports are not meant to be built concurrently.
     transports = {channel: deps.transports[channel] for channel in {i.channel for i in prepared}}
@@ -281,19 +283,28 @@ def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> li
             )
         return [outcomes[item.reminder_id] for item in prepared]
     pool = _send_pool()
-    futures = []
+    running: set[Future[tuple[dict[int, _SendOutcome], _Chain | None]]] = set()
     waiting = _chains(prepared)
-    while True:
-        ready, waiting, retry_in = _reserve(transports, waiting)
-        ready.sort(key=lambda chain: chain.at)
-        futures += [
-            pool.submit(_send_chain, deps, transports, chain, started=started) for chain in ready
-        ]
-        if not waiting:
-            break
-        time.sleep(retry_in)
-    for future in futures:
-        outcomes.update(future.result())
+    retry_in = 0.0
+    while waiting or running:
+        if waiting:
+            ready, waiting, retry_in = _reserve(transports, waiting)
+            ready.sort(key=lambda chain: chain.at)
+            running |= {
+                pool.submit(_send_chain, deps, transports, chain, started=started)
+                for chain in ready
+            }
+        if not running:
+            time.sleep(retry_in)
+            continue
+        done, running = wait(
+            running, timeout=retry_in if waiting else None, return_when=FIRST_COMPLETED
+        )
+        for future in done:
+            sent, rest = future.result()
+            outcomes.update(sent)
+            if rest is not None:
+                waiting.append(rest)
     return [outcomes[item.reminder_id] for item in prepared]
 
 
@@ -334,17 +345,27 @@ def _reserve(
 
 def _send_chain(
     deps: Deps, transports: dict[str, Transport], chain: _Chain, *, started: datetime
-) -> dict[int, _SendOutcome]:
-    """Send one recipient's messages one after another (the first at its reserved slot)."""
+) -> tuple[dict[int, _SendOutcome], _Chain | None]:
+    """Send one recipient's messages one after another, the first at its reserved slot; returns
+    their outcomes and the rest of the chain when a paced message needs a slot (reserved by the
+    caller, in slot order with the other chains) or its slot was missed (nothing sent)."""
     outcomes: dict[int, _SendOutcome] = {}
     for position, item in enumerate(chain.items):
         transport = transports[item.channel]
         if position == 0 and chain.refused is not None:
             outcomes[item.reminder_id] = _refuse(deps, transport, item, chain.refused)
             continue
-        at = chain.at if position == 0 and chain.held else None
-        outcomes[item.reminder_id] = _send_one(deps, transport, item, started=started, at=at)
-    return outcomes
+        held = position == 0 and chain.held
+        if isinstance(transport, PacedTransport) and not held:
+            return outcomes, _Chain(chain.items[position:])
+        try:
+            outcomes[item.reminder_id] = _send_one(
+                deps, transport, item, started=started, at=chain.at if held else None
+            )
+        except SlotMissed:
+            metrics.SLOTS_MISSED.inc()
+            return outcomes, _Chain(chain.items[position:])
+    return outcomes, None
 
 
 def _refuse(deps: Deps, transport: Transport, item: _Prepared, exc: TransportError) -> _SendOutcome:
@@ -405,6 +426,8 @@ def _send_one(
         )
         crash_point("after_send")
         return states.SENT, result, None
+    except SlotMissed:
+        raise  # nothing was sent: the caller reserves the message a new slot
     except Exception as exc:  # noqa: BLE001 - raised by deliver_batch once the batch is recorded
         return "error", None, exc
 

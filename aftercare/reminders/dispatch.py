@@ -12,6 +12,15 @@ seconds of work, not the whole backlog, and a reminder that falls due meanwhile 
 behind it. Only reminders queued within ``stale_after`` count: older ones are recovery's
 (:func:`requeue_stale_queued`), so a broker that lost its messages cannot hold dispatch back
 for longer than recovery takes to notice.
+
+Sender turns: with a pool of SMS senders (``AFTERCARE_TWILIO_FROM`` as a list), each paced at
+its own rate, a send batch is only as quick as its busiest sender. Claimed in due order, a batch
+of 50 holds one sender's messages 5 or 6 times and another's once, so most senders sit idle
+while the busiest works through its share. :func:`sender_turns` reorders each claim so the
+batches take every sender in turn: a patient's turn is how many patients before it in the
+claim share its sender, and batches are cut from the claim in turn order (a patient's
+reminders stay together, in due order). Every claim is still handed over in full before the
+next is claimed, so the reorder never reaches past one claim (``AFTERCARE_DISPATCH_BATCH``).
 """
 
 from __future__ import annotations
@@ -25,15 +34,21 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, literal_column, select, update
 from sqlalchemy.orm import Session
 
+from aftercare.channels.senders import parse_senders, pick_sender
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.reminders import states
+from aftercare.settings import Settings
 from aftercare.storage.db import Database
-from aftercare.storage.models import Reminder
+from aftercare.storage.models import Patient, Reminder, TreatmentSession
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[int]], None]
+# Reorders a claim (ids in due order) before it is cut into send batches; same ids, same session.
+Order = Callable[[Session, list[int]], list[int]]
+# Ids per IN list when reading a claim's recipients (under SQLite's oldest variable limit).
+_IN_CHUNK = 900
 
 
 @dataclass
@@ -84,6 +99,54 @@ def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
     return [i for i in ids if i in moved]
 
 
+def sender_turns(senders: tuple[str, ...]) -> Order:
+    """The claim reordered so that each send batch holds an even share of every SMS sender's
+    messages (see the module docstring). ``senders`` is the pool, as
+    :func:`~aftercare.channels.senders.pick_sender` takes it."""
+
+    def order(db_session: Session, ids: list[int]) -> list[int]:
+        sms: dict[int, str] = {}  # patient id -> phone, for patients with an SMS in the claim
+        patient_of: dict[int, int] = {}
+        for offset in range(0, len(ids), _IN_CHUNK):
+            rows = db_session.execute(
+                select(Reminder.id, Reminder.channel, Patient.id, Patient.phone)
+                .join(TreatmentSession, TreatmentSession.id == Reminder.session_id)
+                .join(Patient, Patient.id == TreatmentSession.patient_id)
+                .where(Reminder.id.in_(ids[offset : offset + _IN_CHUNK]))
+            )
+            for reminder_id, channel, patient_id, phone in rows:
+                patient_of[reminder_id] = patient_id
+                if channel == "sms" and phone:
+                    sms[patient_id] = phone
+        # Patients in order of their first reminder in the claim, each with its reminders.
+        chains: dict[int, list[int]] = {}
+        for reminder_id in ids:
+            chains.setdefault(patient_of.get(reminder_id, -reminder_id), []).append(reminder_id)
+        seen: dict[str, int] = {}
+        turns: list[tuple[int, int, list[int]]] = []
+        for position, (patient_id, chain) in enumerate(chains.items()):
+            phone = sms.get(patient_id)
+            turn = 0
+            if phone is not None:
+                sender = pick_sender(senders, phone)
+                turn = seen.get(sender, 0)
+                seen[sender] = turn + 1
+            turns.append((turn, position, chain))
+        turns.sort(key=lambda entry: entry[:2])
+        return [reminder_id for _, _, chain in turns for reminder_id in chain]
+
+    return order
+
+
+def claim_order(settings: Settings) -> Order | None:
+    """:func:`sender_turns` when SMS go through Twilio from a pool of numbers, else None (one
+    sender, or a Messaging Service, which paces its own numbers: nothing to even out)."""
+    if settings.sms_transport != "twilio" or settings.twilio_messaging_service_sid:
+        return None
+    senders = parse_senders(settings.twilio_from)
+    return sender_turns(senders) if len(senders) > 1 else None
+
+
 def dispatch_due(
     *,
     db: Database,
@@ -95,9 +158,11 @@ def dispatch_due(
     max_queued: int = 0,
     stale_after: timedelta = timedelta(minutes=5),
     observe_batch: Callable[[int], None] | None = None,
+    order: Order | None = None,
 ) -> DispatchSummary:
     """Claim and publish due reminders in batches until none are left, the budget is spent or
-    ``max_queued`` reminders are queued (0: no limit); see the module docstring."""
+    ``max_queued`` reminders are queued (0: no limit); ``order`` reorders each claim before it
+    is cut into send batches (:func:`sender_turns`); see the module docstring."""
     summary = DispatchSummary()
     started = time.monotonic()
     while True:
@@ -113,6 +178,9 @@ def dispatch_due(
                     return summary
                 limit = min(batch_size, room)
             ids = claim_due(db_session, now=now, limit=limit)
+            claimed = len(ids)
+            if order is not None and claimed > 1:
+                ids = order(db_session, ids)
         crash_point("dispatch_after_claim")
         summary.claimed += len(ids)
         if observe_batch is not None:
@@ -143,7 +211,7 @@ def dispatch_due(
                 )
                 raise
             summary.published += len(chunk)
-        if len(ids) < limit or time.monotonic() - started > time_budget:
+        if claimed < limit or time.monotonic() - started > time_budget:
             return summary
 
 

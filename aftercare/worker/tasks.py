@@ -47,6 +47,7 @@ def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
         max_queued=rt.settings.dispatch_max_queued,
         stale_after=timedelta(seconds=rt.settings.stale_after),
         observe_batch=metrics.CLAIM_BATCH.observe,
+        order=dispatch.claim_order(rt.settings),
     )
     with rt.db.session() as db_session:
         heartbeat.beat(
