@@ -43,13 +43,10 @@ class QuietHours:
 
     @classmethod
     def parse(cls, text: str) -> QuietHours:
-        match = _PATTERN.match(text)
-        if not match:
-            raise ValueError(f"quiet hours {text!r} must look like 21:00-08:00")
-        h1, m1, h2, m2 = (int(g) for g in match.groups())
-        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
-            raise ValueError(f"quiet hours {text!r} has an impossible time")
-        return cls(time(h1, m1), time(h2, m2))
+        """``21:00-08:00``. The same text gives the very same (immutable) object: settings parse
+        it for every enrolment, and the caches below, keyed on it, then compare it by identity
+        rather than field by field."""
+        return _parse(text)
 
     def contains(self, local: time) -> bool:
         if self.start == self.end:
@@ -70,6 +67,17 @@ class QuietHours:
             return instant
         day = local if local.time() < self.end else local + timedelta(days=1)
         return local_instant(day, self.end, zone)
+
+
+@lru_cache(maxsize=64)
+def _parse(text: str) -> QuietHours:
+    match = _PATTERN.match(text)
+    if not match:
+        raise ValueError(f"quiet hours {text!r} must look like 21:00-08:00")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError(f"quiet hours {text!r} has an impossible time")
+    return QuietHours(time(h1, m1), time(h2, m2))
 
 
 # The planner defers each SMS time of a session, and sessions share most of those instants;
