@@ -11,14 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from aftercare.runtime import Runtime
+from aftercare.sessions.service import (
+    SessionRequest,
+    ValidSession,
+    record_session,
+    validate_request,
+)
 from aftercare.storage.db import PING_AFTER_IDLE, Database
-from tests.conftest import PG_ADMIN_URL
+from aftercare.storage.models import Patient
+from tests.conftest import PG_ADMIN_URL, _truncate, make_settings
 from tests.tcp_proxy import TcpProxy
 
 
@@ -126,3 +137,42 @@ def test_a_connection_idle_for_a_while_is_pinged_at_checkout(db: Database) -> No
         session.connection()
         assert _last_state_change(pid) != before
         assert _backend_pid(session) == pid
+
+
+def test_a_backend_terminated_mid_enrolment_fails_it_as_core_would_and_the_next_one_works(
+    db: Database, tmp_path: Path
+) -> None:
+    """A restart in the middle of a transaction cannot be hidden: the enrolment fails with
+    SQLAlchemy's OperationalError, nothing is stored, and the connection is not reused."""
+    rt = Runtime(make_settings(tmp_path))
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+
+    def valid(number: str) -> ValidSession:
+        request = SessionRequest(
+            name="Jane Doe",
+            phone=f"07911 {number}",
+            email=f"jane{number}@example.org",
+            timezone="Europe/London",
+            treated_at=now.isoformat(),
+        )
+        return validate_request(request, registry=rt.registry, quiet=rt.quiet, now=now)
+
+    pids: list[int] = []
+
+    def enrol_as_the_server_goes_away() -> None:
+        with db.session() as session:
+            pids.append(_backend_pid(session))
+            _terminate(pids)
+            record_session(db_session=session, valid=valid("700101"), now=now)
+
+    with pytest.raises(OperationalError) as failed:
+        enrol_as_the_server_goes_away()
+    assert failed.value.connection_invalidated
+
+    with db.session() as session:
+        assert _backend_pid(session) not in pids
+        record_session(db_session=session, valid=valid("700102"), now=now)
+    with db.session() as session:
+        phones = session.scalars(select(Patient.phone)).all()
+    _truncate(db)  # the run's database is shared with other tests
+    assert phones == ["+447911700102"]

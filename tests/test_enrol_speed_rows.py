@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import (
@@ -168,3 +168,17 @@ def _typed(table: str, *but: str) -> str:
     """Every column's stored value and SQLite type, but the ids and ``but``."""
     names = [c.name for c in Base.metadata.tables[table].columns if c.name not in ("id", *but)]
     return f"SELECT {', '.join(f'{c}, typeof({c})' for c in names)} FROM {table} ORDER BY id"
+
+
+def test_a_row_the_database_refuses_raises_sqlalchemys_error_and_stores_nothing(
+    runtime: Runtime,
+) -> None:
+    """The rows go through the driver's cursor, but a refusal surfaces as it does for Core
+    statements: here a session created by a staff user who does not exist."""
+    rt = runtime
+    valid = validate_request(_request("700005"), registry=rt.registry, quiet=rt.quiet, now=NOW)
+    with pytest.raises(IntegrityError), rt.db.session() as db_session:
+        record_session(db_session=db_session, valid=valid, now=NOW, created_by_id=987654)
+    with rt.db.session() as db_session:
+        assert db_session.scalar(select(func.count()).select_from(Patient)) == 0
+        assert db_session.scalar(select(func.count()).select_from(TreatmentSession)) == 0

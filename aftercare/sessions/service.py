@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -12,7 +13,8 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import psycopg
-from sqlalchemy import Dialect, Table, insert
+from sqlalchemy import Connection, Dialect, Table, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from aftercare.planning.planner import PlannedReminder, plan
@@ -227,16 +229,18 @@ def record_session(
     )
     driver = connection.connection.driver_connection
     if isinstance(driver, psycopg.Connection):
-        with driver.cursor() as cursor:
+        with _as_core_errors(connection), driver.cursor() as cursor:
             session_id, values["patient_id"] = insert_session(cursor, values, patient=new_patient)
             if valid.plan:
                 copy_reminders(cursor, [(session_id, valid.plan)], now, _reminder_types(cursor))
     elif isinstance(driver, sqlite3.Connection):
-        if new_patient is not None:
-            values["patient_id"] = _insert_sqlite(driver, connection.dialect, Patient, new_patient)
-        session_id = _insert_sqlite(driver, connection.dialect, TreatmentSession, values)
-        if valid.plan:
-            _insert_reminders_sqlite(driver, connection.dialect, session_id, valid.plan, now)
+        dialect = connection.dialect
+        with _as_core_errors(connection):
+            if new_patient is not None:
+                values["patient_id"] = _insert_sqlite(driver, dialect, Patient, new_patient)
+            session_id = _insert_sqlite(driver, dialect, TreatmentSession, values)
+            if valid.plan:
+                _insert_reminders_sqlite(driver, dialect, session_id, valid.plan, now)
     else:
         if new_patient is not None:
             values["patient_id"] = connection.execute(
@@ -260,6 +264,23 @@ def record_session(
     make_transient_to_detached(session)
     db_session.add(session)
     return session
+
+
+@contextmanager
+def _as_core_errors(connection: Connection) -> Iterator[None]:
+    """An error from the driver's cursor raised as Core raises it (``IntegrityError``,
+    ``OperationalError``, ...), the connection invalidated if the error says it is gone."""
+    dialect = connection.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as exc:
+        gone = dialect.is_disconnect(exc, connection.connection.dbapi_connection, None)
+        if gone:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, dbapi_error, connection_invalidated=gone, dialect=dialect
+        ) from exc
 
 
 # Binary COPY needs the reminders' column types: read from the catalog once per connection.
