@@ -213,12 +213,14 @@ def record_session(
 ) -> TreatmentSession:
     """Store the patient (unless given), the session and every planned reminder; no commit.
 
-    The rows are written with Core INSERTs, not through the unit of work: building the
-    instrumented objects and flushing them cost most of an enrolment. On PostgreSQL the new
-    patient and the session are one statement and the reminders one binary COPY, on the
-    driver's cursor: each statement is a round trip. The session comes back
-    as a persistent ORM object holding exactly what was inserted (no query to read it back);
-    its ``reminders`` are loaded from the database if asked for.
+    The rows are not written through the unit of work: building the instrumented objects and
+    flushing them cost most of an enrolment. On PostgreSQL the new patient and the session are
+    one statement and the reminders one binary COPY, on the driver's cursor (each statement is
+    a round trip); on SQLite the three INSERTs go to the driver, bound as Core binds them
+    (Core's work per statement and per row was half of storing a session there); any other
+    backend gets Core INSERTs. The session comes back as a persistent ORM object holding
+    exactly what was inserted (no query to read it back); its ``reminders`` are loaded from
+    the database if asked for.
     """
     connection = db_session.connection()
     if patient is not None:
