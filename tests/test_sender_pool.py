@@ -4,6 +4,7 @@ always texted from the same number, each number paced on its own, against the fa
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,3 +219,26 @@ def test_reply_to_any_pool_number_then_handled_for_the_patient(
         response = webhooks.post("/webhooks/twilio/inbound", params)
     assert response.status_code == 200
     assert patient(runtime).sms_opted_out_at == clock.now()
+
+
+def test_pool_when_a_number_is_added_or_removed_then_only_its_patients_move() -> None:
+    """Rendezvous hashing: a 21st number takes about one patient in 21 and moves nobody else;
+    removing a number moves only the patients it texted."""
+    pool = tuple(f"+1500555{i:04d}" for i in range(20))
+    phones = [f"+4479111{i:05d}" for i in range(4_000)]
+    before = {phone: pick_sender(pool, phone) for phone in phones}
+    added = "+15005550020"
+    after = {phone: pick_sender((*pool, added), phone) for phone in phones}
+    moved = [phone for phone in phones if after[phone] != before[phone]]
+    assert all(after[phone] == added for phone in moved)
+    assert 4_000 / 21 * 0.7 < len(moved) < 4_000 / 21 * 1.3
+    removed = pool[3]
+    smaller = tuple(sender for sender in pool if sender != removed)
+    for phone in phones:
+        if before[phone] != removed:
+            assert pick_sender(smaller, phone) == before[phone]
+        else:
+            assert pick_sender(smaller, phone) in smaller
+    counts = Counter(before.values())
+    assert set(counts) == set(pool)
+    assert max(counts.values()) < 4_000 / 20 * 1.3  # spread evenly enough

@@ -29,8 +29,16 @@ def parse_senders(value: str) -> tuple[str, ...]:
 
 def pick_sender(senders: tuple[str, ...], to: str) -> str:
     """The pool number that texts ``to``: always the same one for a number (a stable hash, not
-    Python's per-process ``hash``), so a patient sees one sender and replies to it."""
+    Python's per-process ``hash``), so a patient sees one sender and replies to it.
+
+    Rendezvous hashing: each pool number scores the patient's number, the highest score wins.
+    Adding a number to the pool moves only the patients it now wins (about one in the new pool
+    size); removing one moves only that number's patients. (A hash modulo the pool size would
+    move nearly every patient to a new sender whenever the pool changed.)
+    """
     if len(senders) == 1:
         return senders[0]
-    digest = hashlib.sha256(to.encode("utf-8")).digest()
-    return senders[int.from_bytes(digest[:8], "big") % len(senders)]
+    key = to.encode("utf-8")
+    return max(
+        senders, key=lambda sender: hashlib.sha256(sender.encode("utf-8") + b"|" + key).digest()
+    )
