@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage as ParsedEmail
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aftercare.channels.base import Attachment, EmailMessage
-from aftercare.channels.mime import Stamp, build_mime, new_stamp, render_mime
+from aftercare.channels.mime import Stamp, new_stamp, render_mime
 from aftercare.messages.calendar import regimen_calendar
 from aftercare.messages.context import sample_context
 from aftercare.messages.render import MessageRenderer
@@ -140,6 +141,28 @@ SENDERS = [
     "Clínica Río <care@riverside.example>",
     "Dr. Smith's Clinic <care@riverside.example>",
 ]
+
+
+def build_mime(message: EmailMessage, *, sender: str) -> ParsedEmail:
+    """The reference: multipart plain text + HTML, with any attachments and extra headers, as
+    the email package's EmailMessage builds it (what the transports sent before render_mime)."""
+    mime = ParsedEmail()
+    mime["From"] = sender
+    mime["To"] = message.to
+    mime["Subject"] = message.subject
+    mime["Date"] = formatdate(localtime=False)
+    mime["Message-ID"] = make_msgid(idstring=message.key, domain=sender.rpartition("@")[2] or None)
+    mime["X-Aftercare-Key"] = message.key
+    for name, value in message.headers.items():
+        mime[name] = value
+    mime.set_content(message.text)
+    mime.add_alternative(message.html, subtype="html")
+    for attachment in message.attachments:
+        maintype, subtype = attachment.content_type.split("/", 1)
+        mime.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    return mime
 
 
 def old_bytes(

@@ -7,8 +7,8 @@ per boundary), most of the worker's time for an email. The output is what the em
 produced, part for part: multipart/alternative plain text + HTML (inside multipart/mixed with
 any attachments), utf-8 bodies encoded as its content manager chooses (7bit, 8bit,
 quoted-printable or base64; body lines of at most 78 octets), and headers the email package still
-encodes whenever they are not plain ASCII. ``build_mime`` (the email package) is kept for the
-outbox, which writes files for people to read.
+encodes whenever they are not plain ASCII. The outbox transport writes the same bytes to its
+files. (The email package's version is kept in tests/test_mime.py, as the reference.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import email.policy
 import os
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage as MimeMessage
 from email.utils import encode_rfc2231, formatdate, make_msgid
 from functools import lru_cache
 
@@ -200,25 +199,3 @@ def _multipart(subtype: str, parts: list[bytes]) -> bytes:
     )
     between = _CRLF + delimiter + _CRLF
     return head + delimiter + _CRLF + between.join(parts) + _CRLF + delimiter + b"--" + _CRLF
-
-
-def build_mime(message: EmailMessage, *, sender: str) -> MimeMessage:
-    """Multipart plain text + HTML, with any attachments and extra headers (the email
-    package's EmailMessage; the outbox transport writes it to a file)."""
-    mime = MimeMessage()
-    mime["From"] = sender
-    mime["To"] = message.to
-    mime["Subject"] = message.subject
-    mime["Date"] = formatdate(localtime=False)
-    mime["Message-ID"] = make_msgid(idstring=message.key, domain=sender.rpartition("@")[2] or None)
-    mime["X-Aftercare-Key"] = message.key
-    for name, value in message.headers.items():
-        mime[name] = value
-    mime.set_content(message.text)
-    mime.add_alternative(message.html, subtype="html")
-    for attachment in message.attachments:
-        maintype, subtype = attachment.content_type.split("/", 1)
-        mime.add_attachment(
-            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
-        )
-    return mime

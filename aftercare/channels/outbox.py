@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
 
 from aftercare.channels.base import EmailMessage, Message, SendResult, SmsMessage
-from aftercare.channels.mime import build_mime
+from aftercare.channels.mime import new_stamp, render_mime
 
 
 class OutboxTransport:
@@ -66,4 +67,7 @@ def _encode(message: Message, sender: str) -> bytes:
     if isinstance(message, SmsMessage):
         record = {"key": message.key, "to": message.to, "body": message.body}
         return json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
-    return bytes(build_mime(message, sender=sender or "aftercare@localhost"))
+    # The same bytes the SMTP transport would send (CRLF line ends, RFC 2047 header words).
+    sender = sender or "aftercare@localhost"
+    stamp = new_stamp(message, domain=parseaddr(sender)[1].rpartition("@")[2] or None)
+    return render_mime(message, sender=sender, stamp=stamp)
