@@ -61,6 +61,18 @@ def _welcome_due(rt: Runtime, sessions: list[int]) -> list[int]:
     return ids
 
 
+def _three_per_number_in_turn(rt: Runtime) -> list[int]:
+    """Nine SMS patients, three per pool number, whose welcome SMS are due in that order (the
+    first number's three first); returns the due ids in due order."""
+    by_sender = _phones_by_sender(3)
+    phones = [phone for sender in POOL for phone in by_sender[sender]]
+    sessions = [
+        enrol(rt, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
+        for i, phone in enumerate(phones)
+    ]
+    return _welcome_due(rt, sessions)
+
+
 def _dispatch(rt: Runtime, order: dispatch.Order | None, *, chunk: int) -> list[list[int]]:
     batches: list[list[int]] = []
 
@@ -89,13 +101,7 @@ def test_claim_in_due_order_by_sender_then_each_batch_takes_every_sender_in_turn
     """Due order puts three patients of the first number first, then three of the second, then
     three of the third: in batches of three, each batch holds one of each number, and within a
     number the patients keep their due order."""
-    by_sender = _phones_by_sender(3)
-    phones = [phone for sender in POOL for phone in by_sender[sender]]
-    sessions = [
-        enrol(runtime, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
-        for i, phone in enumerate(phones)
-    ]
-    due = _welcome_due(runtime, sessions)
+    due = _three_per_number_in_turn(runtime)
     batches = _dispatch(runtime, dispatch.sender_turns(POOL), chunk=3)
     sender_of = _sender_of(runtime)
     assert sorted(i for batch in batches for i in batch) == sorted(due)
@@ -110,13 +116,7 @@ def test_claim_in_due_order_by_sender_then_each_batch_takes_every_sender_in_turn
 def test_claim_without_sender_turns_then_batches_in_due_order(runtime: Runtime) -> None:
     """The same claim without turns (one sender, or a Messaging Service): due order, so the first
     batch is all the first number's."""
-    by_sender = _phones_by_sender(3)
-    phones = [phone for sender in POOL for phone in by_sender[sender]]
-    sessions = [
-        enrol(runtime, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
-        for i, phone in enumerate(phones)
-    ]
-    due = _welcome_due(runtime, sessions)
+    due = _three_per_number_in_turn(runtime)
     assert [i for batch in _dispatch(runtime, None, chunk=3) for i in batch] == due
 
 

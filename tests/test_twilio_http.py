@@ -15,7 +15,6 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,9 @@ from aftercare.channels.twilio_http import LeanHttpClient
 from aftercare.channels.twilio_sms import Timeouts, TwilioTransport
 from tests.factories import PATIENT_PHONE
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+from tests.tcp_proxy import TcpProxy
+
+_pipe = TcpProxy._pipe  # one direction of a relayed connection
 
 CLINIC_NUMBER = "+447700900123"
 STATUS_CALLBACK = "https://aftercare.example-clinic.co.uk/webhooks/twilio/status"
@@ -66,14 +68,6 @@ def transport(api_base: str, timeouts: Timeouts | None = None) -> TwilioTranspor
 
 def sms(n: int = 1) -> SmsMessage:
     return SmsMessage(key=f"reminder-{n}", to=PATIENT_PHONE, body=f"Wear your stockings ({n}).")
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    with suppress(OSError):
-        while data := src.recv(65536):
-            dst.sendall(data)
-    with suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
 
 
 def _relay(conn: socket.socket, upstream: socket.socket) -> None:
