@@ -28,6 +28,7 @@ from aftercare.sessions.pgcopy import (
     copy_reminders,
     insert_session,
     reminder_types,
+    sql_names,
 )
 from aftercare.sessions.validation import (
     FieldError,
@@ -364,13 +365,13 @@ def _insert_sqlite(
 def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     # The names are a model's table and the keys of patient_values or session_values.
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - see above
+        f"INSERT INTO {sql_names((table,))} ({sql_names(columns)}) "  # noqa: S608  # nosec B608
         f"VALUES ({', '.join('?' * len(columns))}) RETURNING id"
     )
 
 
 _SQLITE_INSERT_REMINDERS = (
-    f"INSERT INTO reminders ({', '.join(REMINDER_COLUMNS)}) "  # noqa: S608 - constant names
+    f"INSERT INTO reminders ({sql_names(tuple(REMINDER_COLUMNS))}) "  # noqa: S608  # nosec B608
     f"VALUES ({', '.join('?' * len(REMINDER_COLUMNS))})"
 )
 
