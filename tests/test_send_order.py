@@ -21,13 +21,12 @@ from aftercare.channels.base import Message, PacedTransport, SendResult, Slot, T
 from aftercare.channels.senders import pick_sender
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, states
-from aftercare.runtime import Runtime, set_runtime
+from aftercare.runtime import Runtime
 from aftercare.storage.models import DeliveryAttempt, Reminder
-from tests.conftest import make_settings
 from tests.factories import enrol
 from tests.fakes.twilio import FakeTwilio, window_counts
 from tests.test_delivery import claim_all, keep_only, sent_log
-from tests.test_twilio import free_port, twilio_settings
+from tests.test_twilio import free_port, twilio_runtime
 
 POOL = ("+15005550006", "+15005550007", "+15005550008")
 NOW = datetime(2026, 3, 20, 10, 0, tzinfo=UTC)  # 10:00 in London: not quiet hours
@@ -115,20 +114,13 @@ def pool_rt(tmp_path: Path, database_url: str) -> Iterator[tuple[Runtime, FakeTw
     """SMS through a pool of three numbers at 2 MPS each (the in-process limiter), against a
     fake Twilio that refuses a fourth SMS from one number within a second."""
     clock = FixedClock(NOW)
-    with FakeTwilio(clock=clock.now, mps=2) as server:
-        settings = make_settings(
-            tmp_path,
-            database_url=database_url,
-            **twilio_settings(server, twilio_from=",".join(POOL), sms_mps="2"),
-        )
-        rt = Runtime(settings)
-        rt.clock = clock
-        set_runtime(rt)
-        try:
-            yield rt, server
-        finally:
-            set_runtime(None)
-            rt.db.dispose()
+    with (
+        FakeTwilio(clock=clock.now, mps=2) as server,
+        twilio_runtime(
+            tmp_path, database_url, server, clock, twilio_from=",".join(POOL), sms_mps="2"
+        ) as rt,
+    ):
+        yield rt, server
 
 
 PHONES = [f"+4479111230{i:02d}" for i in range(12)]
@@ -157,30 +149,25 @@ def test_pool_batch_when_the_shared_limiter_is_unreachable_then_nothing_sent_and
     tmp_path: Path, database_url: str
 ) -> None:
     clock = FixedClock(NOW)
-    with FakeTwilio(clock=clock.now) as server:
-        settings = make_settings(
+    with (
+        FakeTwilio(clock=clock.now) as server,
+        twilio_runtime(
             tmp_path,
-            database_url=database_url,
+            database_url,
+            server,
+            clock,
             broker_url=f"redis://127.0.0.1:{free_port()}/0",
-            **twilio_settings(server, twilio_from=",".join(POOL)),
-        )
-        rt = Runtime(settings)
-        rt.clock = clock
-        set_runtime(rt)
-        try:
-            for i, phone in enumerate(PHONES[:3]):
-                enrol(rt, now=NOW, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
-            keep_only(rt, "welcome")
-            ids = claim_all(rt)
-            outcomes = delivery.deliver_batch(deps=rt.delivery_deps(), reminder_ids=ids)
-            with rt.db.session() as s:
-                attempts = s.execute(
-                    select(DeliveryAttempt.outcome, DeliveryAttempt.error_code)
-                ).all()
-                reminder_states = set(s.scalars(select(Reminder.state).where(Reminder.id.in_(ids))))
-        finally:
-            set_runtime(None)
-            rt.db.dispose()
+            twilio_from=",".join(POOL),
+        ) as rt,
+    ):
+        for i, phone in enumerate(PHONES[:3]):
+            enrol(rt, now=NOW, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
+        keep_only(rt, "welcome")
+        ids = claim_all(rt)
+        outcomes = delivery.deliver_batch(deps=rt.delivery_deps(), reminder_ids=ids)
+        with rt.db.session() as s:
+            attempts = s.execute(select(DeliveryAttempt.outcome, DeliveryAttempt.error_code)).all()
+            reminder_states = set(s.scalars(select(Reminder.state).where(Reminder.id.in_(ids))))
     assert outcomes == ["retry"] * 3
     assert server.received == []
     assert sorted(attempts) == [("transient", "rate-limiter")] * 3

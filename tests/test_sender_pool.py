@@ -23,11 +23,10 @@ from aftercare.reminders import delivery, states
 from aftercare.runtime import Runtime, set_runtime
 from aftercare.settings import Settings
 from aftercare.storage.models import DeliveryAttempt, Reminder
-from tests.conftest import make_settings
 from tests.factories import enrol
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, window_counts
 from tests.test_delivery import claim_all, keep_only
-from tests.test_twilio import PUBLIC_URL, twilio_settings
+from tests.test_twilio import PUBLIC_URL, twilio_runtime
 
 POOL = ("+15005550006", "+15005550007", "+15005550008")
 PHONES = [f"+4479111230{i:02d}" for i in range(30)]
@@ -155,35 +154,26 @@ def test_delivery_when_pool_then_a_batch_goes_out_concurrently_and_recorded(
     tmp_path: Path, database_url: str
 ) -> None:
     clock = FixedClock(NOW)
-    with FakeTwilio(clock=clock.now) as server:
-        settings = make_settings(
-            tmp_path,
-            database_url=database_url,
-            **twilio_settings(server, twilio_from=",".join(POOL), sms_mps="1000"),
-        )
-        rt = Runtime(settings)
-        rt.clock = clock
-        set_runtime(rt)
-        try:
-            for i, phone in enumerate(PHONES[:12]):
-                enrol(rt, now=NOW, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
-            keep_only(rt, "welcome")
-            ids = claim_all(rt)
-            assert len(ids) == 12
-            outcomes = delivery.deliver_batch(deps=rt.delivery_deps(), reminder_ids=ids)
-            assert outcomes == [states.SENT] * 12
-            with rt.db.session() as s:
-                sids = dict(
-                    s.execute(
-                        select(DeliveryAttempt.reminder_id, DeliveryAttempt.provider_id)
-                    ).all()
-                )
-                assert set(s.scalars(select(Reminder.state).where(Reminder.id.in_(ids)))) == {
-                    states.SENT
-                }
-        finally:
-            set_runtime(None)
-            rt.db.dispose()
+    with (
+        FakeTwilio(clock=clock.now) as server,
+        twilio_runtime(
+            tmp_path, database_url, server, clock, twilio_from=",".join(POOL), sms_mps="1000"
+        ) as rt,
+    ):
+        for i, phone in enumerate(PHONES[:12]):
+            enrol(rt, now=NOW, name=f"Patient {i}", phone=phone, email=None, channels=("sms",))
+        keep_only(rt, "welcome")
+        ids = claim_all(rt)
+        assert len(ids) == 12
+        outcomes = delivery.deliver_batch(deps=rt.delivery_deps(), reminder_ids=ids)
+        assert outcomes == [states.SENT] * 12
+        with rt.db.session() as s:
+            sids = dict(
+                s.execute(select(DeliveryAttempt.reminder_id, DeliveryAttempt.provider_id)).all()
+            )
+            assert set(s.scalars(select(Reminder.state).where(Reminder.id.in_(ids)))) == {
+                states.SENT
+            }
     assert sorted(sids.values()) == sorted(r.sid for r in server.received if r.sid)
     assert sorted(r.to or "" for r in server.received) == sorted(PHONES[:12])
     assert {r.to: r.from_ for r in server.received} == {

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,19 +58,33 @@ def twilio_settings(fake: FakeTwilio, **overrides: Any) -> dict[str, Any]:
     return values
 
 
+@contextmanager
+def twilio_runtime(
+    tmp_path: Path, database_url: str, fake: FakeTwilio, clock: FixedClock, **overrides: Any
+) -> Iterator[Runtime]:
+    """The current runtime, on ``database_url``, its SMS going to ``fake`` (with settings
+    ``overrides``); unset and disposed on the way out."""
+    rt = Runtime(
+        make_settings(tmp_path, database_url=database_url, **twilio_settings(fake, **overrides))
+    )
+    rt.clock = clock
+    set_runtime(rt)
+    try:
+        yield rt
+    finally:
+        set_runtime(None)
+        rt.db.dispose()
+
+
 @pytest.fixture
 def sms_rt(
     tmp_path: Path, database_url: str, clock: FixedClock, fake: FakeTwilio
 ) -> Iterator[Runtime]:
     """A runtime whose SMS goes to the fake Twilio; one welcome SMS is due now."""
-    rt = Runtime(make_settings(tmp_path, database_url=database_url, **twilio_settings(fake)))
-    rt.clock = clock
-    set_runtime(rt)
-    enrol(rt, channels=("sms",), email=None)
-    keep_only(rt, "welcome")
-    yield rt
-    set_runtime(None)
-    rt.db.dispose()
+    with twilio_runtime(tmp_path, database_url, fake, clock) as rt:
+        enrol(rt, channels=("sms",), email=None)
+        keep_only(rt, "welcome")
+        yield rt
 
 
 def expected_sms(rt: Runtime, reminder_id: int) -> SmsMessage:
