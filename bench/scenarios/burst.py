@@ -188,6 +188,17 @@ def _burst(
     }
 
 
+def _case(bench: Bench, *, limit: float | None, senders: str = "", **burst: Any) -> dict[str, Any]:
+    """One burst against fresh fakes: a fake Twilio refusing beyond ``limit`` messages per second
+    per sender (None: unlimited) and Aftercare paced at the same rate (unlimited: 1,000,000),
+    texting from ``senders`` when given (``AFTERCARE_TWILIO_FROM``)."""
+    with Twilio(mps=limit) as twilio, SmtpSink() as sink:
+        env = provider_env(bench, twilio, sink, mps=limit or 1_000_000)
+        if senders:
+            env["AFTERCARE_TWILIO_FROM"] = senders
+        return _burst(bench, twilio=twilio, sink=sink, env=env, **burst)
+
+
 def _pool_available() -> bool:
     """Whether this Aftercare takes a list of senders in ``AFTERCARE_TWILIO_FROM``."""
     try:
@@ -220,63 +231,51 @@ def run(bench: Bench) -> list[Row]:
         log(
             f"burst {rep + 1}/{bench.reps}: {n_unlimited:,} due at once, unlimited, cap {cap:.0f} s"
         )
-        with Twilio() as twilio, SmtpSink() as sink:
-            env = provider_env(bench, twilio, sink, mps=1_000_000)
-            runs["unlimited"].append(
-                _burst(
-                    bench,
-                    twilio=twilio,
-                    sink=sink,
-                    env=env,
-                    warm=warm,
-                    burst_sessions=burst_sessions,
-                    n=n_unlimited,
-                    channel=None,
-                    cap=cap,
-                    label="burst",
-                )
+        runs["unlimited"].append(
+            _case(
+                bench,
+                limit=None,
+                warm=warm,
+                burst_sessions=burst_sessions,
+                n=n_unlimited,
+                channel=None,
+                cap=cap,
+                label="burst",
             )
+        )
         if pool:
             log(
                 f"burst {rep + 1}/{bench.reps}: {n_pool:,} SMS, one per patient, "
                 f"{SENDERS} senders at {LIMIT_MPS:.0f} MPS each"
             )
-            with Twilio(mps=LIMIT_MPS) as twilio, SmtpSink() as sink:
-                env = provider_env(bench, twilio, sink, mps=LIMIT_MPS)
-                env["AFTERCARE_TWILIO_FROM"] = ",".join(POOL)
-                runs["pool"].append(
-                    _burst(
-                        bench,
-                        twilio=twilio,
-                        sink=sink,
-                        env=env,
-                        warm=warm,
-                        burst_sessions=sms_sessions,
-                        n=n_pool,
-                        channel="sms",
-                        cap=n_pool / (LIMIT_MPS * SENDERS) * 2 + 20,
-                        label="burst-pool",
-                        per_patient=True,
-                        concurrency=POOL_CONCURRENCY,
-                    )
-                )
-        log(f"burst {rep + 1}/{bench.reps}: {n_limited} SMS at {LIMIT_MPS:.0f} MPS, one sender")
-        with Twilio(mps=LIMIT_MPS) as twilio, SmtpSink() as sink:
-            env = provider_env(bench, twilio, sink, mps=LIMIT_MPS)
-            runs["limited"].append(
-                _burst(
+            runs["pool"].append(
+                _case(
                     bench,
-                    twilio=twilio,
-                    sink=sink,
-                    env=env,
+                    limit=LIMIT_MPS,
+                    senders=",".join(POOL),
                     warm=warm,
                     burst_sessions=sms_sessions,
-                    n=n_limited,
+                    n=n_pool,
                     channel="sms",
-                    cap=n_limited / LIMIT_MPS * 2 + 20,
-                    label="burst-mps",
+                    cap=n_pool / (LIMIT_MPS * SENDERS) * 2 + 20,
+                    label="burst-pool",
+                    per_patient=True,
+                    concurrency=POOL_CONCURRENCY,
                 )
             )
+        log(f"burst {rep + 1}/{bench.reps}: {n_limited} SMS at {LIMIT_MPS:.0f} MPS, one sender")
+        runs["limited"].append(
+            _case(
+                bench,
+                limit=LIMIT_MPS,
+                warm=warm,
+                burst_sessions=sms_sessions,
+                n=n_limited,
+                channel="sms",
+                cap=n_limited / LIMIT_MPS * 2 + 20,
+                label="burst-mps",
+            )
+        )
     bench.truncate()
     bench.redis.flush()
     bench.raw[NAME] = runs
