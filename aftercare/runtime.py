@@ -19,6 +19,7 @@ from aftercare.storage.db import Database
 
 if TYPE_CHECKING:
     from aftercare.reminders.delivery import Deps
+    from aftercare.reminders.leases import Lease
 
 
 @dataclass
@@ -41,6 +42,13 @@ class Runtime:
     @cached_property
     def renderer(self) -> MessageRenderer:
         return MessageRenderer(self.settings.templates_dir)
+
+    @cached_property
+    def lease(self) -> Lease:
+        """This process's worker lease (registered when it first claims reminders)."""
+        from aftercare.reminders.leases import Lease
+
+        return Lease(db=self.db, clock=self.clock, seconds=self.settings.worker_lease)
 
     @property
     def quiet(self) -> QuietHours:

@@ -60,10 +60,15 @@ class Settings(BaseSettings):
     # to move time forward for every process at once).
     clock: str = "system"
     dispatch_interval: float = Field(default=2.0, gt=0)
-    # How often stuck work is recovered (lost broker messages, sends left mid-way).
-    recover_interval: float = Field(default=60.0, gt=0)
-    # Reminders queued or sending longer than this are considered stuck.
+    # How often stuck work is recovered (lost broker messages, sends left mid-way, the work of
+    # a worker process that is gone). Each run is a few index scans.
+    recover_interval: float = Field(default=10.0, gt=0)
+    # Reminders queued or sending longer than this are considered stuck (whoever holds them).
     stale_after: float = Field(default=300.0, gt=0)
+    # A worker process holding reminders in 'sending' renews a lease every ninth of this; once
+    # it has not for this long, recovery takes its reminders over (leases.py). Provider calls
+    # must end within two thirds of it (Twilio: 20 s, SMTP: 30 s by default).
+    worker_lease: float = Field(default=45.0, ge=9)
     dispatch_batch: int = Field(default=500, ge=1, le=10_000)
     # Backpressure: dispatch claims no more while this many reminders wait in the broker
     # (0: no limit). About two dispatch intervals of what the send workers drain.

@@ -1,5 +1,5 @@
 """The migrations build exactly the schema the models declare, on SQLite and PostgreSQL, and the
-newest one goes down and up again."""
+newest ones go down and up again."""
 
 from __future__ import annotations
 
@@ -54,15 +54,31 @@ def test_reminder_indexes_when_migrated_then_fallbacks_are_indexed_and_session_l
         db.dispose()
 
 
-def test_newest_migration_when_downgraded_and_upgraded_then_the_schema_matches_again(
+def test_reminder_index_migration_when_downgraded_and_upgraded_then_the_schema_matches_again(
     sqlite_url: str,
 ) -> None:
-    downgrade(alembic_config(sqlite_url), "-1")
+    downgrade(alembic_config(sqlite_url), "0003")
     db = Database(sqlite_url)
     try:
         assert "ix_reminders_session_id" in _reminder_indexes(db)
         assert _differences(db) != []
         upgrade(sqlite_url)
         assert _differences(db) == []
+    finally:
+        db.dispose()
+
+
+def test_worker_lease_migration_when_downgraded_and_upgraded_then_the_schema_matches_again(
+    database_url: str,
+) -> None:
+    url = database_url
+    downgrade(alembic_config(url), "0004")
+    db = Database(url)
+    try:
+        assert "worker_leases" not in inspect(db.engine).get_table_names()
+        assert "claimed_by" not in {c["name"] for c in inspect(db.engine).get_columns("reminders")}
+        upgrade(url)
+        assert _differences(db) == []
+        assert "worker_leases" in inspect(db.engine).get_table_names()
     finally:
         db.dispose()

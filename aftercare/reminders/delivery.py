@@ -46,6 +46,8 @@ from aftercare.regimens.loader import RegimenRegistry
 from aftercare.reminders import states
 from aftercare.reminders.compose import Clinic, MissingAddress, compose
 from aftercare.reminders.fallback import after_failure, fall_back_to_email
+from aftercare.reminders.leases import Lease
+from aftercare.reminders.recording import Recorder, record_sent
 from aftercare.reminders.retry import MAX_ATTEMPTS, backoff
 from aftercare.storage.db import Database
 from aftercare.storage.models import DeliveryAttempt, Flag, Patient, Reminder, TreatmentSession
@@ -66,6 +68,9 @@ class Deps:
     renderer: MessageRenderer
     clinic: Clinic
     transports: dict[str, Transport]
+    # This process's lease, named on every reminder it claims (None: claims name no owner and
+    # are taken over only once stale, as in-process callers and tests do).
+    lease: Lease | None = None
 
 
 def _load(db_session: Session, reminder_id: int) -> tuple[Reminder, TreatmentSession, Patient]:
@@ -115,6 +120,8 @@ class _Prepared:
     message: Message
     # The reminder's updated_at as this worker last set it: its claim on the 'sending' row.
     claimed_at: datetime
+    # The lease it was claimed under (Deps.lease).
+    owner: str | None = None
 
 
 # Recovery takes over 'sending' reminders untouched for AFTERCARE_STALE_AFTER (minutes). A batch
@@ -126,16 +133,20 @@ RENEW_AFTER = timedelta(seconds=10)
 def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     """Send a batch of queued reminders, each one independently idempotent.
 
-    One transaction checks every reminder, moves the sendable ones to ``sending`` and writes
-    their attempts; then the messages go to their providers, concurrently (:data:`SEND_THREADS`)
-    but one after another and in due order for each recipient (:func:`_send_all`); then one
-    transaction records the successes (failures are recorded one by one, by the thread that saw
-    them). Returns an outcome per id, in order.
+    One transaction checks every reminder, moves the sendable ones to ``sending`` (under this
+    process's lease) and writes their attempts; then the messages go to their providers,
+    concurrently (:data:`SEND_THREADS`) but one after another and in due order for each
+    recipient (:func:`_send_all`). Each outcome is recorded by the thread that saw it before it
+    sends anything else (accepted ones through a group commit, :mod:`recording`), so a crash
+    leaves at most one accepted message per send thread unrecorded. Returns an outcome per id,
+    in order.
     """
     now = deps.clock.now()
     outcomes: dict[int, str] = {}
     prepared: list[_Prepared] = []
+    recorder = Recorder(db=deps.db, clock=deps.clock)
     with deps.db.session() as db_session:
+        owner = None if deps.lease is None else deps.lease.hold(db_session, now=now)
         loaded = _load_many(db_session, reminder_ids)
         sendable: list[tuple[Reminder, Message]] = []
         patient_of: dict[int, int] = {}
@@ -160,6 +171,7 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
                 target=states.SENDING,
                 now=now,
                 attempts=Reminder.attempts + 1,
+                claimed_by=owner,
             )
         )
         # One INSERT ... RETURNING for the batch's attempts (the unit of work's flush of one
@@ -197,13 +209,14 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
                     patient_id=patient_of[reminder.id],
                     message=message,
                     claimed_at=now,
+                    owner=owner,
                 )
             )
     # Committed: from here a crash leaves 'sending' reminders with pending attempts.
     sent: list[tuple[_Prepared, SendResult]] = []
     unexpected: BaseException | None = None
     for item, (outcome, result, error) in zip(
-        prepared, _send_all(deps, prepared, started=now), strict=True
+        prepared, _send_all(deps, prepared, started=now, recorder=recorder), strict=True
     ):
         if result is not None:
             sent.append((item, result))
@@ -211,9 +224,6 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
             unexpected = unexpected or error
         else:
             outcomes[item.reminder_id] = outcome
-    # Even when one send broke unexpectedly, the accepted ones are recorded before it is raised
-    # (unrecorded, they would wait in 'sending' for recovery to ask the provider).
-    _record_sent(deps, [(item.reminder_id, item.attempt_id, result) for item, result in sent])
     crash_point("after_record")
     if unexpected is not None:
         raise unexpected
@@ -273,7 +283,9 @@ def _chains(prepared: list[_Prepared]) -> list[_Chain]:
     return sorted(chains, key=lambda chain: chain.items[0].due_at)
 
 
-def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> list[_SendOutcome]:
+def _send_all(
+    deps: Deps, prepared: list[_Prepared], *, started: datetime, recorder: Recorder
+) -> list[_SendOutcome]:
     """Send every prepared message; outcomes in order.
 
     Messages to one recipient go one after another, in due order; different recipients' go
@@ -290,7 +302,7 @@ def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> li
     if len(prepared) <= 1 or SEND_THREADS <= 1:
         for item in sorted(prepared, key=lambda i: i.due_at):
             outcomes[item.reminder_id] = _send_one(
-                deps, transports[item.channel], item, started=started
+                deps, transports[item.channel], item, started=started, recorder=recorder
             )
         return [outcomes[item.reminder_id] for item in prepared]
     pool = _send_pool()
@@ -306,7 +318,9 @@ def _send_all(deps: Deps, prepared: list[_Prepared], *, started: datetime) -> li
             reserve_at = time.monotonic() + retry_in
             ready.sort(key=lambda chain: chain.at)
             for chain in ready:
-                future = pool.submit(_send_chain, deps, transports, chain, started=started)
+                future = pool.submit(
+                    _send_chain, deps, transports, chain, started=started, recorder=recorder
+                )
                 future.add_done_callback(finished.put)
             running += len(ready)
         timeout = max(reserve_at - time.monotonic(), 0.0) if waiting else None
@@ -376,7 +390,12 @@ def _reserve(
 
 
 def _send_chain(
-    deps: Deps, transports: dict[str, Transport], chain: _Chain, *, started: datetime
+    deps: Deps,
+    transports: dict[str, Transport],
+    chain: _Chain,
+    *,
+    started: datetime,
+    recorder: Recorder,
 ) -> tuple[dict[int, _SendOutcome], _Chain | None]:
     """Send one recipient's messages one after another, the first at its reserved slot; returns
     their outcomes and the rest of the chain when a paced message needs a slot (reserved by the
@@ -392,7 +411,12 @@ def _send_chain(
             return outcomes, _Chain(chain.items[position:])
         try:
             outcomes[item.reminder_id] = _send_one(
-                deps, transport, item, started=started, at=chain.at if held else None
+                deps,
+                transport,
+                item,
+                started=started,
+                recorder=recorder,
+                at=chain.at if held else None,
             )
         except SlotMissed:
             metrics.SLOTS_MISSED.inc()
@@ -419,11 +443,13 @@ def _send_one(
     item: _Prepared,
     *,
     started: datetime,
+    recorder: Recorder,
     at: float | None = None,
 ) -> _SendOutcome:
-    """Send one message and settle a failed send (each in its own database session). With
-    ``at``, the message's slot was reserved for that monotonic time: the transport sends it
-    then (the claim is checked before, so nothing slow comes between the slot and the send)."""
+    """Send one message and record its outcome (each in its own database session; an accepted
+    one through ``recorder``) before returning. With ``at``, the message's slot was reserved
+    for that monotonic time: the transport sends it then (the claim is checked before, so
+    nothing slow comes between the slot and the send)."""
     try:
         if not _still_ours(deps, item):
             return "taken-over", None, None
@@ -457,6 +483,7 @@ def _send_one(
             max((deps.clock.now() - item.due_at).total_seconds(), 0.0)
         )
         crash_point("after_send")
+        recorder.record(item.reminder_id, item.attempt_id, result)
         return states.SENT, result, None
     except SlotMissed:
         raise  # nothing was sent: the caller reserves the message a new slot
@@ -465,15 +492,21 @@ def _send_one(
 
 
 def _still_ours(deps: Deps, item: _Prepared) -> bool:
-    """True if this worker may still send ``item``; renews its claim when it has grown old.
+    """True if this worker may still send ``item``; renews its claim when it has grown old, and
+    its lease when less than the lease's margin is left (both in one transaction).
 
-    A guarded UPDATE racing recovery's takeover (``dispatch.stale_sending``), which also changes
-    ``updated_at``: whichever comes first wins, and the other one sees it.
+    A guarded UPDATE racing recovery's takeover (``leases.take_over``), which also changes
+    ``updated_at`` and deletes a gone owner's lease under a row lock: whichever comes first
+    wins, and the other one sees it.
     """
     now = deps.clock.now()
-    if now - item.claimed_at < RENEW_AFTER:
+    lease = deps.lease
+    if now - item.claimed_at < RENEW_AFTER and (lease is None or lease.fresh(item.owner, now=now)):
         return True
     with deps.db.session() as db_session:
+        if lease is not None and not lease.renew_for(db_session, item.owner, now=now):
+            log.warning("reminder %s: its lease was taken over; not sending it", item.reminder_id)
+            return False
         renewed = db_session.execute(
             update(Reminder)
             .where(
@@ -576,38 +609,7 @@ def _check(
 def _record_sent(
     deps: Deps, sent: list[tuple[int, int, SendResult]], *, outcome: str = "sent"
 ) -> None:
-    """Record accepted messages, given as (reminder id, attempt id, result), in one transaction."""
-    if not sent:
-        return
-    now = deps.clock.now()
-    with deps.db.session() as db_session:
-        db_session.execute(
-            update(DeliveryAttempt),
-            [
-                {
-                    "id": attempt_id,
-                    "outcome": outcome,
-                    "finished_at": now,
-                    "provider_id": result.provider_id,
-                    "provider_status": result.status,
-                }
-                for _, attempt_id, result in sent
-            ],
-        )
-        states.transition(
-            db_session,
-            [reminder_id for reminder_id, _, _ in sent],
-            source=states.SENDING,
-            target=states.SENT,
-            now=now,
-            sent_at=now,
-            reason=None,
-        )
-    log.info(
-        "sent %s reminder(s)",
-        len(sent),
-        extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
-    )
+    record_sent(db=deps.db, clock=deps.clock, sent=sent, outcome=outcome)
 
 
 def _record_failure(

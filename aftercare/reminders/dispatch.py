@@ -31,13 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, literal_column, select, update
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.orm import Session
 
 from aftercare.channels.senders import parse_senders, pick_sender
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.reminders import states
+from aftercare.reminders.leases import take_over
 from aftercare.settings import Settings
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
@@ -240,20 +241,11 @@ def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) 
 
 
 def stale_sending(*, db: Database, clock: Clock, stale_after: timedelta) -> list[int]:
-    """Take over reminders left in ``sending`` (a worker died mid-send); they need reconciling.
+    """Take over reminders left in ``sending`` by a worker that is gone, or untouched for
+    ``stale_after``; they need reconciling (:func:`aftercare.reminders.leases.take_over`).
 
-    Taking over touches ``updated_at`` in the same guarded UPDATE that finds them stale, so a
-    worker that is alive but slow (its batch behind a hanging provider) sees it and skips them
-    instead of sending what recovery may send again (see ``delivery._still_ours``).
+    Taking over touches ``updated_at`` in the same guarded UPDATE that finds them, so a worker
+    that is alive but slow (its batch behind a hanging provider) sees it and skips them instead
+    of sending what recovery may send again (see ``delivery._still_ours``).
     """
-    now = clock.now()
-    with db.session() as db_session:
-        return list(
-            db_session.scalars(
-                update(Reminder)
-                .where(Reminder.state == states.SENDING, Reminder.updated_at < now - stale_after)
-                .values(updated_at=now)
-                .returning(Reminder.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
+    return take_over(db=db, clock=clock, stale_after=stale_after).ids

@@ -153,6 +153,9 @@ class Reminder(Base):
     reason: Mapped[str | None] = mapped_column(String(200))
     # For an email sent because the SMS version failed: that SMS reminder.
     fallback_of_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
+    # The lease (WorkerLease.id) of the process that moved it to 'sending': recovery takes it
+    # over as soon as that process is certainly gone (aftercare/reminders/leases.py).
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
 
     session: Mapped[TreatmentSession] = relationship(back_populates="reminders")
     delivery_attempts: Mapped[list[DeliveryAttempt]] = relationship(
@@ -305,3 +308,24 @@ class Heartbeat(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[datetime]
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class WorkerLease(Base):
+    """A process that may hold reminders in ``sending``, and until when it is known alive.
+
+    Renewed by the process itself every few seconds; recovery takes over the reminders of a
+    lease that expired, or whose process ran on the recovering machine and is gone, and deletes
+    the lease (aftercare/reminders/leases.py).
+    """
+
+    __tablename__ = "worker_leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    # Boot id and PID namespace: PIDs are comparable only between processes that share both.
+    machine: Mapped[str] = mapped_column(String(80))
+    pid: Mapped[int]
+    # The process's start time in clock ticks since boot: a reused PID has another.
+    started: Mapped[str] = mapped_column(String(24))
+    lease_until: Mapped[datetime]
+    created_at: Mapped[datetime]

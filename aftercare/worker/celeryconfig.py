@@ -67,7 +67,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "options": {"expires": 6 * 3600},
             },
         },
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        # The schedule is kept in memory, not in a shelve file: two beats sharing a data folder
+        # (a second one started by mistake, an old one not yet gone) broke each other's file
+        # (FileNotFoundError in shelve.sync). Every entry is idempotent, so all a restart
+        # forgets is when each last ran: the intervals start again, and a daily retention run
+        # missed while beat was down happens at the next 03:30.
+        "beat_scheduler": "celery.beat:Scheduler",
         "worker_hijack_root_logger": False,
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,

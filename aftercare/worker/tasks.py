@@ -8,14 +8,19 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
 
 from aftercare import retention
 from aftercare.ops import heartbeat, metrics
-from aftercare.reminders import delivery, dispatch
+from aftercare.reminders import delivery, dispatch, leases
 from aftercare.runtime import Runtime, get_runtime
 from aftercare.worker.app import app
 
 log = logging.getLogger(__name__)
+
+# Dispatch intervals a reminder may wait in ``queued`` before a recovery pass that found a gone
+# worker (or a worker's first pass) gives it back to the schedule.
+QUEUED_GRACE = 3
 
 
 class AftercareTask(Task):  # type: ignore[misc]
@@ -26,7 +31,10 @@ class AftercareTask(Task):  # type: ignore[misc]
         return get_runtime()
 
     def deps(self) -> delivery.Deps:
-        return self.runtime.delivery_deps()
+        """Delivery's dependencies, with this process's lease on what it claims."""
+        deps = self.runtime.delivery_deps()
+        deps.lease = self.runtime.lease
+        return deps
 
 
 def publish_send(ids: Sequence[int]) -> None:
@@ -70,18 +78,29 @@ def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, in
 
 
 @app.task(base=AftercareTask, bind=True, name="aftercare.recover")
-def recover(self: AftercareTask) -> dict[str, Any]:
-    """Requeue reminders whose broker message was lost; reconcile ones left mid-send."""
+def recover(self: AftercareTask, boot: bool = False) -> dict[str, Any]:
+    """Take over the work of gone workers and reconcile it; requeue lost broker messages.
+
+    ``boot``: the first pass of a worker that has just started (after a crash, a deploy or a
+    reboot its predecessor's prefetched messages are gone with it)."""
     rt = self.runtime
     stale_after = timedelta(seconds=rt.settings.stale_after)
-    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=stale_after)
+    taken = leases.take_over(db=rt.db, clock=rt.clock, stale_after=stale_after)
+    # A gone worker may have held queued reminders' messages too (prefetched, never to be
+    # acknowledged): those queued for more than a few dispatch intervals are given back to the
+    # schedule. Harmless if their message is only late: the first send task to run claims
+    # them, the other finds them no longer queued.
+    grace = stale_after
+    if boot or taken.gone:
+        grace = min(stale_after, timedelta(seconds=rt.settings.dispatch_interval * QUEUED_GRACE))
+    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=grace)
     deps = self.deps()
     reconciled: dict[str, int] = {}
-    for reminder_id in dispatch.stale_sending(db=rt.db, clock=rt.clock, stale_after=stale_after):
+    for reminder_id in taken.ids:
         outcome = delivery.reconcile(deps=deps, reminder_id=reminder_id)
         reconciled[outcome] = reconciled.get(outcome, 0) + 1
-    summary = {"requeued": requeued, "reconciled": reconciled}
-    if requeued or reconciled:
+    summary = {"requeued": requeued, "reconciled": reconciled, "gone": taken.gone}
+    if requeued or reconciled or taken.gone:
         log.info("recovered %s", summary)
     return summary
 
@@ -95,3 +114,10 @@ def anonymise_expired(self: AftercareTask) -> dict[str, int]:
     )
     log.info("retention", extra=summary)
     return summary
+
+
+@worker_ready.connect
+def _recover_at_boot(**_: Any) -> None:
+    """A worker that has just started asks for a recovery pass at once: after a crash, a deploy
+    or a reboot, the work its predecessor held goes out now, not at the next scheduled pass."""
+    recover.apply_async(kwargs={"boot": True})

@@ -28,6 +28,7 @@ from tests.fakes.twilio import FakeTwilio
 from tests.faults.conftest import Recorder
 from tests.faults.harness import (
     PAST_STALE,
+    SENDING_DUE,
     SMS_STEPS,
     Fleet,
     broker_send_ids,
@@ -336,3 +337,26 @@ def test_every_send_task_delivered_twice_by_the_broker_sends_once(
     assert result.duplicates == 0
     assert result.lost == 0, not_sent(fault_stack, burst)
     assert moves == 0, "nothing should have been stuck"
+
+
+def _requests_sent(fleet: Fleet, names: Sequence[str], count: int) -> bool:
+    return all(
+        fleet.log(name).read_text(errors="replace").count(SENDING_DUE) >= count for name in names
+    )
+
+
+def test_two_beats_on_one_data_folder_both_run_cleanly(fault_stack: Stack, fleet: Fleet) -> None:
+    """A second beat on the same data folder is harmless: neither keeps a schedule file there
+    for the other to break (two beats sharing ``celerybeat-schedule`` failed in shelve.sync,
+    FileNotFoundError, about one run in six), and both keep asking for dispatches."""
+    names = ("beat-a", "beat-b")
+    for name in names:
+        fleet.beat(name, wait=False)
+    fleet.wait_ready()
+    # Four requests a second each (AFTERCARE_DISPATCH_INTERVAL=0.25): dozens of schedule updates.
+    wait_for(partial(_requests_sent, fleet, names, 40), timeout=60, what="both beats to tick")
+
+    for name in names:
+        assert fleet.procs[name].poll() is None, f"{name} exited"
+        assert "Traceback" not in fleet.log(name).read_text(errors="replace"), name
+    assert sorted(p.name for p in fault_stack.data_dir.iterdir() if "beat" in p.name) == []

@@ -1,0 +1,301 @@
+"""Who holds a ``sending`` reminder, and when another process may take it over.
+
+Every process that moves reminders to ``sending`` holds a *lease*: a ``worker_leases`` row with
+its identity (host, machine, pid, process start time) and ``lease_until``, renewed every
+:attr:`Lease.every` seconds by a thread of its own. Each claimed reminder carries the id of the
+lease it was claimed under (``reminders.claimed_by``).
+
+Recovery (:func:`take_over`) takes over the reminders of an owner that is certainly gone:
+
+* its lease has expired (no heartbeat for ``AFTERCARE_WORKER_LEASE`` seconds), or
+* it ran on this machine (same host name, boot and PID namespace) and its process no longer
+  exists (or its PID now belongs to a younger process): a restart after a crash, on the same
+  machine, finds its predecessor's work at once, with no wait at all, or
+* its lease row is missing (recovery deleted it when it found the owner gone).
+
+and, as before leases, any ``sending`` reminder untouched for ``AFTERCARE_STALE_AFTER``.
+
+A lease that is taken over is deleted in the same transaction, under a row lock, so the owner
+cannot renew it in between: an owner that was only slow (a frozen VM, a database it could not
+reach) finds its lease gone at its next renewal and sends nothing more under it. Before each
+provider call a worker makes sure its lease still has :attr:`Lease.margin` seconds to run
+(renewing it, and its claim on the reminder, in one transaction when it has not); a call started
+then ends before the lease can expire, so a live worker's message is never taken over mid-call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from aftercare.clock import Clock
+from aftercare.reminders import states
+from aftercare.storage.db import Database
+from aftercare.storage.models import Reminder, WorkerLease
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, Linux), or "" if it does not exist.
+
+    Telling a process from a later one that reused its PID."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: count from its closing one.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where this process runs: enough to tell whether a process recorded in a lease could be
+    seen from here (same host, same boot, same PID namespace), and if so whether it still runs.
+    Empty ``boot`` (not Linux): never sure, leases only."""
+
+    host: str
+    boot: str
+    pid_namespace: str
+
+    @classmethod
+    def here(cls) -> Machine:
+        return cls(
+            host=socket.gethostname(),
+            boot=_read("/proc/sys/kernel/random/boot_id"),
+            pid_namespace=_pid_namespace(),
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.boot}/{self.pid_namespace}" if self.boot and self.pid_namespace else ""
+
+    def knows_gone(self, lease: WorkerLease) -> bool:
+        """True only when ``lease``'s process ran here and certainly no longer does."""
+        if not self.key or lease.host != self.host or lease.machine != self.key:
+            return False
+        return _start_ticks(lease.pid) != lease.started
+
+
+class Lease:
+    """This process's lease: registered on first use, renewed by a daemon thread.
+
+    ``seconds`` is the lease (``AFTERCARE_WORKER_LEASE``); the thread renews it every ninth of
+    that, and a send starts only while at least two thirds of it are left (:meth:`fresh`).
+    Times are the service clock's, the one recovery compares them with.
+    """
+
+    def __init__(self, *, db: Database, clock: Clock, seconds: float) -> None:
+        self.db = db
+        self.clock = clock
+        self.length = timedelta(seconds=seconds)
+        self.every = seconds / 9
+        self.margin = timedelta(seconds=seconds * 2 / 3)
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._id: str | None = None
+        self._valid_until: datetime | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _mine(self) -> None:
+        # A forked child inherits the object, but neither the parent's lease nor its thread.
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._reset()
+
+    @property
+    def id(self) -> str | None:
+        self._mine()
+        return self._id
+
+    def hold(self, db_session: Session, *, now: datetime) -> str:
+        """The lease id to claim reminders under, registered or renewed in ``db_session`` (the
+        claim's own transaction) unless it is fresh; starts the heartbeat thread."""
+        self._mine()
+        with self._lock:
+            lease_id, valid_until = self._id, self._valid_until
+        if lease_id is not None and valid_until is not None and valid_until - now >= self.margin:
+            self._start_thread()
+            return lease_id
+        if lease_id is None or not self._renew(db_session, lease_id, now):
+            lease_id = uuid.uuid4().hex
+            machine = Machine.here()
+            db_session.execute(
+                insert(WorkerLease).values(
+                    id=lease_id,
+                    host=machine.host[:255],
+                    machine=machine.key,
+                    pid=os.getpid(),
+                    started=_start_ticks(os.getpid()),
+                    lease_until=now + self.length,
+                    created_at=now,
+                )
+            )
+        with self._lock:
+            self._id, self._valid_until = lease_id, now + self.length
+        self._start_thread()
+        return lease_id
+
+    def fresh(self, owner: str | None, *, now: datetime) -> bool:
+        """True if a send claimed under ``owner`` may start now without asking the database."""
+        self._mine()
+        with self._lock:
+            return (
+                owner is not None
+                and owner == self._id
+                and self._valid_until is not None
+                and self._valid_until - now >= self.margin
+            )
+
+    def renew_for(self, db_session: Session, owner: str | None, *, now: datetime) -> bool:
+        """Renew the lease ``owner`` in ``db_session``; False if it is no longer this process's
+        (recovery took it over): nothing claimed under it may be sent."""
+        self._mine()
+        if owner is None or owner != self.id:
+            return False
+        if not self._renew(db_session, owner, now):
+            return False
+        with self._lock:
+            if self._id == owner:
+                self._valid_until = now + self.length
+        return True
+
+    def _renew(self, db_session: Session, lease_id: str, now: datetime) -> bool:
+        renewed = db_session.execute(
+            update(WorkerLease)
+            .where(WorkerLease.id == lease_id)
+            .values(lease_until=now + self.length)
+            .returning(WorkerLease.id)
+        ).first()
+        if renewed is None:
+            log.warning("this process's lease was taken over; it sends nothing claimed under it")
+            with self._lock:
+                if self._id == lease_id:
+                    self._id, self._valid_until = None, None
+            return False
+        return True
+
+    def beat(self) -> None:
+        """Renew the lease once (what the heartbeat thread does)."""
+        lease_id = self.id
+        if lease_id is None:
+            return
+        now = self.clock.now()
+        with self.db.session() as db_session:
+            if not self._renew(db_session, lease_id, now):
+                return
+        with self._lock:
+            if self._id == lease_id:
+                self._valid_until = now + self.length
+
+    def _start_thread(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), daemon=True, name="aftercare-lease"
+        )
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
+            try:
+                self.beat()
+            # A missed renewal is what leases are for: the next one may work, and if none
+            # does the lease runs out and this process's sends stop (Lease.fresh).
+            except Exception:
+                log.warning("lease renewal failed; will try again", exc_info=True)
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease (a clean exit: nothing is held any more)."""
+        self._mine()
+        self._stop.set()
+        lease_id = self._id
+        self._id = None
+        if lease_id is not None:
+            with self.db.session() as db_session:
+                db_session.execute(delete(WorkerLease).where(WorkerLease.id == lease_id))
+
+
+@dataclass
+class TakeOver:
+    """What a recovery pass took: reminders to reconcile, and how many leases it found gone
+    (holding reminders or not: a gone worker may also have held queued work in its prefetch)."""
+
+    ids: list[int]
+    gone: int
+
+
+def take_over(
+    *, db: Database, clock: Clock, stale_after: timedelta, here: Machine | None = None
+) -> TakeOver:
+    """Take over ``sending`` reminders whose owner is gone, or that sat untouched for
+    ``stale_after``; expired and gone leases are deleted in the same transaction."""
+    now = clock.now()
+    here = here or Machine.here()
+    with db.session() as db_session:
+        owners = {
+            owner
+            for owner in db_session.scalars(
+                select(Reminder.claimed_by)
+                .where(Reminder.state == states.SENDING, Reminder.claimed_by.is_not(None))
+                .distinct()
+            )
+            if owner is not None
+        }
+        # Locked: an owner renewing its lease right now either does so first (and is not gone)
+        # or waits, finds its lease deleted and sends nothing more.
+        leases = list(
+            db_session.scalars(
+                select(WorkerLease)
+                .where(or_(WorkerLease.id.in_(owners), WorkerLease.lease_until < now))
+                .with_for_update()
+            )
+        )
+        found = {lease.id for lease in leases}
+        gone = {lease.id for lease in leases if lease.lease_until < now or here.knows_gone(lease)}
+        gone |= {owner for owner in owners if owner not in found}
+        if gone:
+            db_session.execute(delete(WorkerLease).where(WorkerLease.id.in_(gone)))
+        stale = Reminder.updated_at < now - stale_after
+        taken = list(
+            db_session.scalars(
+                update(Reminder)
+                .where(
+                    Reminder.state == states.SENDING,
+                    or_(stale, Reminder.claimed_by.in_(gone)) if gone else stale,
+                )
+                .values(updated_at=now)
+                .returning(Reminder.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    if gone & owners:
+        log.info("took over the work of %s gone worker process(es)", len(gone & owners))
+    return TakeOver(ids=taken, gone=len(gone))

@@ -1,0 +1,119 @@
+"""Record accepted messages as soon as the provider has answered.
+
+A message the provider accepted but that is not yet recorded as ``sent`` is the one a crash can
+duplicate (an email: SMTP keeps no list to ask). So each send thread records its accepted
+message before it sends another, and at most one message per send thread is ever accepted and
+unrecorded. The threads of a batch share their writes (:class:`Recorder`, a group commit):
+whichever thread finds no write under way writes everything accepted so far in one transaction,
+and the others wait for it; under load one transaction records several messages, so recording
+each message at once costs few more transactions than recording the batch at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import update
+
+from aftercare.channels.base import SendResult
+from aftercare.clock import Clock
+from aftercare.reminders import states
+from aftercare.storage.db import Database
+from aftercare.storage.models import DeliveryAttempt
+
+log = logging.getLogger(__name__)
+
+
+def record_sent(
+    *, db: Database, clock: Clock, sent: list[tuple[int, int, SendResult]], outcome: str = "sent"
+) -> None:
+    """Record accepted messages, given as (reminder id, attempt id, result), in one transaction."""
+    if not sent:
+        return
+    now = clock.now()
+    with db.session() as db_session:
+        db_session.execute(
+            update(DeliveryAttempt),
+            [
+                {
+                    "id": attempt_id,
+                    "outcome": outcome,
+                    "finished_at": now,
+                    "provider_id": result.provider_id,
+                    "provider_status": result.status,
+                }
+                for _, attempt_id, result in sent
+            ],
+        )
+        states.transition(
+            db_session,
+            [reminder_id for reminder_id, _, _ in sent],
+            source=states.SENDING,
+            target=states.SENT,
+            now=now,
+            sent_at=now,
+            reason=None,
+        )
+    log.info(
+        "sent %s reminder(s)",
+        len(sent),
+        extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
+    )
+
+
+@dataclass
+class _Entry:
+    reminder_id: int
+    attempt_id: int
+    result: SendResult
+    done: bool = False
+    error: BaseException | None = None
+
+
+class Recorder:
+    """One batch's accepted messages, recorded as they come (a group commit)."""
+
+    def __init__(self, *, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._pending: list[_Entry] = []
+        self._writing = False
+
+    def record(self, reminder_id: int, attempt_id: int, result: SendResult) -> None:
+        """Return once this message is recorded ``sent``; raise what the write raised."""
+        entry = _Entry(reminder_id, attempt_id, result)
+        with self._cond:
+            self._pending.append(entry)
+            while not entry.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                batch, self._pending, self._writing = self._pending, [], True
+                error: BaseException | None = RuntimeError("recording was interrupted")
+                try:
+                    error = self._write_unlocked(batch)
+                finally:
+                    self._writing = False
+                    for written in batch:
+                        written.done, written.error = True, error
+                    self._cond.notify_all()
+        if entry.error is not None:
+            raise entry.error
+
+    def _write_unlocked(self, batch: list[_Entry]) -> BaseException | None:
+        """Write ``batch`` with the condition released, so that others can queue meanwhile."""
+        self._cond.release()
+        try:
+            record_sent(
+                db=self.db,
+                clock=self.clock,
+                sent=[(e.reminder_id, e.attempt_id, e.result) for e in batch],
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to every sender of the batch
+            return exc
+        finally:
+            self._cond.acquire()
+        return None
