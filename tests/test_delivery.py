@@ -299,3 +299,71 @@ def test_publish_failure_then_reminders_returned_to_schedule(runtime: Runtime) -
         dispatch.dispatch_due(db=runtime.db, clock=runtime.clock, publish=broken)
     assert states.QUEUED not in reminder_states(runtime).values()
     assert len(claim_all(runtime)) == 2
+
+
+class Recording:
+    """The real outbox; before each send, notes how many reminders the database records as
+    sent (what another process, or the same one after a restart, would see)."""
+
+    def __init__(self, inner: Transport, rt: Runtime, crash_at: int = 0) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.channel = inner.channel
+        self.rt = rt
+        self.crash_at = crash_at
+        self.recorded_before: list[int] = []
+
+    def send(self, message: Message) -> SendResult:
+        with self.rt.db.session() as s:
+            self.recorded_before.append(
+                len(s.scalars(select(Reminder.id).where(Reminder.state == states.SENT)).all())
+            )
+        if len(self.recorded_before) == self.crash_at:
+            raise Crash
+        return self.inner.send(message)
+
+    def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
+        return self.inner.lookup(message, since=since)
+
+
+def _email_batch(rt: Runtime, clock: FixedClock) -> list[int]:
+    enrol(rt, channels=("email",), phone=None)
+    with rt.db.session() as s:
+        s.execute(update(Reminder).values(expires_at=None))
+    clock.advance(timedelta(days=3))
+    published: list[int] = []
+    dispatch.dispatch_due(db=rt.db, clock=clock, publish=published.extend)
+    assert len(published) >= 4
+    return published
+
+
+def test_each_accepted_message_is_recorded_sent_before_the_next_send_begins(
+    runtime: Runtime, clock: FixedClock
+) -> None:
+    """One patient's emails go one after another; each is recorded before the next is sent, so a
+    worker killed mid-batch leaves only the message in flight unrecorded (an email cannot be
+    asked for at the SMTP server: an unrecorded one is sent again)."""
+    batch = _email_batch(runtime, clock)
+    deps = runtime.delivery_deps()
+    edge = Recording(deps.transports["email"], runtime)
+    deps.transports["email"] = edge
+
+    outcomes = delivery.deliver_batch(deps=deps, reminder_ids=batch)
+
+    assert outcomes == [states.SENT] * len(batch)
+    assert edge.recorded_before == list(range(len(batch)))
+
+
+def test_worker_killed_mid_batch_then_only_the_message_in_flight_waits_for_recovery(
+    runtime: Runtime, clock: FixedClock
+) -> None:
+    batch = _email_batch(runtime, clock)
+    deps = runtime.delivery_deps()
+    deps.transports["email"] = Recording(deps.transports["email"], runtime, crash_at=3)
+    with pytest.raises(Crash):
+        delivery.deliver_batch(deps=deps, reminder_ids=batch)
+
+    after = reminder_states(runtime)
+    assert [after[i] for i in batch[:2]] == [states.SENT, states.SENT]
+    assert {after[i] for i in batch[2:]} == {states.SENDING}
+    assert sent_log(runtime, "email") == [f"reminder-{i}" for i in batch[:2]]

@@ -108,8 +108,12 @@ class Lease:
     Times are the service clock's, the one recovery compares them with.
     """
 
-    def __init__(self, *, db: Database, clock: Clock, seconds: float) -> None:
+    def __init__(
+        self, *, db: Database, clock: Clock, seconds: float, heartbeat: bool = True
+    ) -> None:
         self.db = db
+        # False: renewed only by the process's own claims and sends (tests drive it by hand).
+        self.heartbeat = heartbeat
         self.clock = clock
         self.length = timedelta(seconds=seconds)
         self.every = seconds / 9
@@ -216,7 +220,7 @@ class Lease:
                 self._valid_until = now + self.length
 
     def _start_thread(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or not self.heartbeat:
             return
         self._thread = threading.Thread(
             target=self._run, args=(self._stop,), daemon=True, name="aftercare-lease"
