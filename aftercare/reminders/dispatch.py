@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from aftercare.channels.senders import parse_senders, pick_sender
@@ -216,8 +216,13 @@ def dispatch_due(
             return summary
 
 
-def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) -> int:
-    """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart).
+def requeue_stale_queued(
+    *, db: Database, clock: Clock, stale_after: timedelta, before: datetime | None = None
+) -> int:
+    """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart),
+    and with ``before``, every reminder queued at or before that instant (a worker's first
+    recovery pass: what was queued before it started may have been in its dead predecessor's
+    prefetch, and nothing queued since can have been).
 
     The dispatcher's backpressure keeps the broker's backlog to seconds of work, so a reminder
     still queued after ``stale_after`` has lost its message (or its worker); one whose message
@@ -225,13 +230,12 @@ def requeue_stale_queued(*, db: Database, clock: Clock, stale_after: timedelta) 
     other finds it no longer queued.
     """
     now = clock.now()
+    old = Reminder.updated_at < now - stale_after
+    if before is not None:
+        old = or_(old, Reminder.updated_at <= before)
     with db.session() as db_session:
         stale = list(
-            db_session.scalars(
-                select(Reminder.id).where(
-                    Reminder.state == states.QUEUED, Reminder.updated_at < now - stale_after
-                )
-            )
+            db_session.scalars(select(Reminder.id).where(Reminder.state == states.QUEUED, old))
         )
         return len(
             states.transition(

@@ -33,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -71,6 +72,13 @@ def _pid_namespace() -> str:
         return ""
 
 
+class _Identity(Protocol):
+    host: str
+    machine: str
+    pid: int
+    started: str
+
+
 @dataclass(frozen=True)
 class Machine:
     """Where this process runs: enough to tell whether a process recorded in a lease could be
@@ -93,7 +101,7 @@ class Machine:
     def key(self) -> str:
         return f"{self.boot}/{self.pid_namespace}" if self.boot and self.pid_namespace else ""
 
-    def knows_gone(self, lease: WorkerLease) -> bool:
+    def knows_gone(self, lease: _Identity) -> bool:
         """True only when ``lease``'s process ran here and certainly no longer does."""
         if not self.key or lease.host != self.host or lease.machine != self.key:
             return False
@@ -256,14 +264,34 @@ class TakeOver:
     gone: int
 
 
+_LEASE_COLUMNS = (
+    WorkerLease.id,
+    WorkerLease.host,
+    WorkerLease.machine,
+    WorkerLease.pid,
+    WorkerLease.started,
+    WorkerLease.lease_until,
+)
+
+
 def take_over(
-    *, db: Database, clock: Clock, stale_after: timedelta, here: Machine | None = None
+    *,
+    db: Database,
+    clock: Clock,
+    stale_after: timedelta,
+    here: Machine | None = None,
+    lease: Lease | None = None,
 ) -> TakeOver:
     """Take over ``sending`` reminders whose owner is gone, or that sat untouched for
-    ``stale_after``; expired and gone leases are deleted in the same transaction."""
+    ``stale_after``; gone and expired leases are deleted in the same transaction.
+
+    The reminders taken are claimed under ``lease`` (the recovering process's own): if it dies
+    before it has reconciled them all, the next pass takes them over from it in turn.
+    """
     now = clock.now()
     here = here or Machine.here()
     with db.session() as db_session:
+        me = None if lease is None else lease.hold(db_session, now=now)
         owners = {
             owner
             for owner in db_session.scalars(
@@ -271,20 +299,25 @@ def take_over(
                 .where(Reminder.state == states.SENDING, Reminder.claimed_by.is_not(None))
                 .distinct()
             )
-            if owner is not None
+            if owner is not None and owner != me
         }
-        # Locked: an owner renewing its lease right now either does so first (and is not gone)
-        # or waits, finds its lease deleted and sends nothing more.
-        leases = list(
-            db_session.scalars(
-                select(WorkerLease)
-                .where(or_(WorkerLease.id.in_(owners), WorkerLease.lease_until < now))
-                .with_for_update()
+        rows = db_session.execute(
+            select(*_LEASE_COLUMNS).where(
+                or_(WorkerLease.id.in_(owners), WorkerLease.lease_until < now)
             )
-        )
-        found = {lease.id for lease in leases}
-        gone = {lease.id for lease in leases if lease.lease_until < now or here.knows_gone(lease)}
-        gone |= {owner for owner in owners if owner not in found}
+        ).all()
+        found = {row.id for row in rows}
+        suspects = {row.id for row in rows if row.lease_until < now or here.knows_gone(row)}
+        # Looked at again under a row lock (live leases are never locked): an owner renewing
+        # its lease right now either does so first, and is not gone, or waits, finds its lease
+        # deleted and sends nothing more under it.
+        locked = db_session.execute(
+            select(*_LEASE_COLUMNS)
+            .where(WorkerLease.id.in_(suspects), WorkerLease.id != (me or ""))
+            .with_for_update()
+        ).all()
+        gone = {row.id for row in locked if row.lease_until < now or here.knows_gone(row)}
+        gone |= owners - found
         if gone:
             db_session.execute(delete(WorkerLease).where(WorkerLease.id.in_(gone)))
         stale = Reminder.updated_at < now - stale_after
@@ -295,7 +328,9 @@ def take_over(
                     Reminder.state == states.SENDING,
                     or_(stale, Reminder.claimed_by.in_(gone)) if gone else stale,
                 )
-                .values(updated_at=now)
+                # Recovery's now and lease: another pass (the next one, or one running at the
+                # same time) takes them only once stale or once this process is gone.
+                .values(updated_at=now, claimed_by=me)
                 .returning(Reminder.id)
                 .execution_options(synchronize_session=False)
             )

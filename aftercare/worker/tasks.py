@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
@@ -19,7 +19,7 @@ from aftercare.worker.app import app
 log = logging.getLogger(__name__)
 
 # Dispatch intervals a reminder may wait in ``queued`` before a recovery pass that found a gone
-# worker (or a worker's first pass) gives it back to the schedule.
+# worker gives it back to the schedule.
 QUEUED_GRACE = 3
 
 
@@ -78,22 +78,28 @@ def send_reminders(self: AftercareTask, reminder_ids: list[int]) -> dict[str, in
 
 
 @app.task(base=AftercareTask, bind=True, name="aftercare.recover")
-def recover(self: AftercareTask, boot: bool = False) -> dict[str, Any]:
+def recover(self: AftercareTask, booted_at: str | None = None) -> dict[str, Any]:
     """Take over the work of gone workers and reconcile it; requeue lost broker messages.
 
-    ``boot``: the first pass of a worker that has just started (after a crash, a deploy or a
-    reboot its predecessor's prefetched messages are gone with it)."""
+    ``booted_at``: the first pass of a worker that started then (ISO 8601, the service's clock).
+    After a crash, a deploy or a reboot its predecessor's prefetched messages are gone with it:
+    whatever was queued before it started is given back to the schedule."""
     rt = self.runtime
     stale_after = timedelta(seconds=rt.settings.stale_after)
-    taken = leases.take_over(db=rt.db, clock=rt.clock, stale_after=stale_after)
+    taken = leases.take_over(db=rt.db, clock=rt.clock, stale_after=stale_after, lease=rt.lease)
     # A gone worker may have held queued reminders' messages too (prefetched, never to be
     # acknowledged): those queued for more than a few dispatch intervals are given back to the
     # schedule. Harmless if their message is only late: the first send task to run claims
     # them, the other finds them no longer queued.
     grace = stale_after
-    if boot or taken.gone:
+    if taken.gone:
         grace = min(stale_after, timedelta(seconds=rt.settings.dispatch_interval * QUEUED_GRACE))
-    requeued = dispatch.requeue_stale_queued(db=rt.db, clock=rt.clock, stale_after=grace)
+    requeued = dispatch.requeue_stale_queued(
+        db=rt.db,
+        clock=rt.clock,
+        stale_after=grace,
+        before=None if booted_at is None else datetime.fromisoformat(booted_at),
+    )
     deps = self.deps()
     reconciled: dict[str, int] = {}
     for reminder_id in taken.ids:
@@ -120,4 +126,4 @@ def anonymise_expired(self: AftercareTask) -> dict[str, int]:
 def _recover_at_boot(**_: Any) -> None:
     """A worker that has just started asks for a recovery pass at once: after a crash, a deploy
     or a reboot, the work its predecessor held goes out now, not at the next scheduled pass."""
-    recover.apply_async(kwargs={"boot": True})
+    recover.apply_async(kwargs={"booted_at": get_runtime().clock.now().isoformat()})
