@@ -125,7 +125,10 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     try:
         configure_logging(rt.settings.log_level)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(create_app(), host=host, port=port, log_config=None)
+        # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1,
+        # i.e. from anyone on this machine; forwarded headers are the app's business
+        # (AFTERCARE_TRUSTED_PROXIES, web/client_address.py).
+        uvicorn.run(create_app(), host=host, port=port, log_config=None, proxy_headers=False)
     finally:
         for child in procs:
             child.stop()
