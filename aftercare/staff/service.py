@@ -22,6 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from aftercare.storage.db import Database
 from aftercare.storage.models import ApiToken, StaffUser, WebSession
 
 ROLES: Final = ("staff", "admin")
@@ -44,6 +45,10 @@ _slots = threading.BoundedSemaphore(HASHING_SLOTS)
 
 class StaffError(ValueError):
     """A staff account request that cannot be honoured; the message says why."""
+
+
+class WrongPassword(StaffError):
+    """The current password given to change it is not right."""
 
 
 class HashingBusy(Exception):
@@ -150,6 +155,36 @@ def authenticate(*, db_session: Session, email: str, password: str) -> StaffUser
     return user
 
 
+def check_login(*, database: Database, email: str, password: str) -> int | None:
+    """The id of the enabled account with this email and password, else None (the login page).
+
+    The account is read in a short transaction and the password checked after it ends: a 64 MiB
+    argon2 check, perhaps waiting for a hashing slot, must not keep the database waiting (on
+    SQLite a transaction holds the only write lock).
+    """
+    with database.session() as db_session:
+        user = get_by_email(db_session=db_session, email=email)
+        found = (user.id, user.password_hash) if user and user.disabled_at is None else None
+    if found is None:
+        # Spend the same time as a real check, so response times do not reveal accounts.
+        verify_password(_dummy_hash(), password)
+        return None
+    staff_id, password_hash = found
+    if not verify_password(password_hash, password):
+        return None
+    if _hasher().check_needs_rehash(password_hash):
+        with hashing_slot():
+            rehashed = _hasher().hash(password)
+        with database.session() as db_session:
+            # Only if the password was not changed meanwhile.
+            db_session.execute(
+                update(StaffUser)
+                .where(StaffUser.id == staff_id, StaffUser.password_hash == password_hash)
+                .values(password_hash=rehashed)
+            )
+    return staff_id
+
+
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     with hashing_slot():
@@ -174,7 +209,7 @@ def change_own_password(
     if user.disabled_at is not None:
         raise StaffError("the account is disabled")
     if not verify_password(user.password_hash, current):
-        raise StaffError("the current password is not right")
+        raise WrongPassword("the current password is not right")
     if new != repeated:
         raise StaffError("the new password and its repetition differ")
     if new == current:

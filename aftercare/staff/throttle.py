@@ -79,8 +79,8 @@ def buckets(*, email: str, client: str) -> tuple[Bucket, Bucket, Bucket]:
 def reserve(*, db_session: Session, email: str, client: str, now: datetime) -> Guess:
     """Count one guess in every bucket, or raise Refused and count none (the caller rolls back).
 
-    Commit straight away: the rows stay locked until then, and the password check must not hold
-    them.
+    The rows stay locked until the caller commits: the login page commits before it checks the
+    password, so that concurrent logins only queue for the count.
     """
     pair, *others = buckets(email=email, client=client)
     full: list[datetime] = []

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from aftercare.runtime import Runtime
 from aftercare.staff import throttle
-from aftercare.staff.service import HashingBusy, authenticate
+from aftercare.staff.service import HashingBusy, check_login
 from aftercare.web import web_auth
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
@@ -109,25 +109,26 @@ def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep
     except throttle.Refused as refused:
         return page(locked_message(refused.until, now), status.HTTP_429_TOO_MANY_REQUESTS)
     try:
-        user = None
+        staff_id = None
         if _plausible_email(email) and password:
-            user = authenticate(db_session=db_session, email=email, password=password)
+            staff_id = check_login(database=rt.db, email=email, password=password)
     except HashingBusy:
         with rt.db.session() as giving_back:
             throttle.give_back(db_session=giving_back, guess=guess, right=False)
         busy = page(BUSY, status.HTTP_503_SERVICE_UNAVAILABLE)
         busy.headers["Retry-After"] = "5"
         return busy
-    if user is None:
+    if staff_id is None:
         if guess.full_until is not None:
             return page(locked_message(guess.full_until, now), status.HTTP_429_TOO_MANY_REQUESTS)
         return page(WRONG, status.HTTP_401_UNAUTHORIZED)
+    # The request's own transaction starts here, after the password check.
     throttle.give_back(db_session=db_session, guess=guess, right=True)
     secure = web_auth.cookie_secure(rt.settings)
     web_auth.end_session(
         db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
     )
-    token, _ = web_auth.start_session(db_session=db_session, staff_id=user.id, now=now)
+    token, _ = web_auth.start_session(db_session=db_session, staff_id=staff_id, now=now)
     response = redirect(next_url)
     web_auth.set_cookie(
         response,

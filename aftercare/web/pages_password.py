@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from aftercare.runtime import Runtime
 from aftercare.staff import throttle
-from aftercare.staff.service import MIN_PASSWORD_LENGTH, HashingBusy, StaffError
+from aftercare.staff.service import MIN_PASSWORD_LENGTH, HashingBusy, StaffError, WrongPassword
 from aftercare.staff.service import change_own_password as change_password
 from aftercare.web import web_auth
 from aftercare.web.auth import DbSession
@@ -63,10 +63,14 @@ def change_own_password(
     current = field(form, "current_password", limit=1000)
     new = field(form, "new_password", limit=1000)
     repeated = field(form, "repeat_password", limit=1000)
+    # On this page the request's transaction is already open (the session was looked up in
+    # it), so the guess is counted in it, under a savepoint that a refusal rolls back. The count
+    # and the change commit together; on PostgreSQL the bucket rows stay locked meanwhile,
+    # which only queues one account's own password changes.
     try:
-        with rt.db.session() as counting:
+        with db_session.begin_nested():
             guess = throttle.reserve(
-                db_session=counting,
+                db_session=db_session,
                 email=staff.user.email,
                 client=web_auth.client_of(request),
                 now=now,
@@ -89,11 +93,9 @@ def change_own_password(
         )
     except (StaffError, HashingBusy) as exc:
         busy = isinstance(exc, HashingBusy)
-        wrong_current = not busy and "current password" in str(exc)
-        if not wrong_current:
+        if not isinstance(exc, WrongPassword):
             # Only a wrong current password is a guess; anything else is given back.
-            with rt.db.session() as giving_back:
-                throttle.give_back(db_session=giving_back, guess=guess, right=False)
+            throttle.give_back(db_session=db_session, guess=guess, right=False)
         return _page(
             rt,
             staff,
