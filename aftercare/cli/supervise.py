@@ -102,7 +102,8 @@ def first_admin(rt: Runtime, *, host: str, port: int) -> None:
     print(f"  one-time password (shown only now): {password}")
     print(f"  log in to the staff pages at http://{host}:{port}/ with these,")
     print(f"  or get an API token with: aftercare staff token {user.email}")
-    print(f"  then set your own password: aftercare staff password {user.email}")
+    print("  then set your own password: Change password on the staff pages, or")
+    print(f"  aftercare staff password {user.email}")
 
 
 def uvicorn_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
