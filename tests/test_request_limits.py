@@ -263,8 +263,10 @@ def _status_kib(field: str) -> int:
 
 
 def test_eighty_simultaneous_logins_with_random_emails_keep_memory_bounded(site: Site) -> None:
-    if site.rt.db.is_postgres:
-        pytest.skip("the bound is the app's, not the database's: measured once, on SQLite")
+    if not site.rt.db.is_postgres:
+        # Measured once. On PostgreSQL logins hash in parallel; on SQLite they used to queue on
+        # the write lock (and time out with 500s), which hid the missing bound.
+        pytest.skip("the bound is the app's, not the database's: measured on PostgreSQL")
     argon2_mib = service._hasher().memory_cost // 1024  # 64 MiB each
 
     def login(n: int) -> int:
