@@ -13,16 +13,19 @@ from datetime import timedelta
 
 import httpx
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from aftercare.cli.supervise import uvicorn_config
 from aftercare.clock import FixedClock
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from aftercare.staff import throttle
 from aftercare.storage.models import LoginThrottle
 from aftercare.web.app import create_app
+from tests.conftest import REPO
 from tests.live_server import Live, serve
 from tests.test_pages import ADMIN, NURSE, PASSWORD, add_staff
 
@@ -204,3 +207,15 @@ def test_trusted_proxies_setting_takes_addresses_and_networks() -> None:
     settings = Settings.model_validate({"trusted_proxies": " 10.0.0.1, 172.18.0.0/16 ,::1"})
 
     assert settings.trusted_proxy_list == ["10.0.0.1", "172.18.0.0/16", "::1"]
+
+
+def test_no_deployment_lets_uvicorn_believe_forwarded_headers() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+    api = compose["services"]["api"]["command"]
+    image = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    cmd = next(line for line in image.splitlines() if line.startswith("CMD "))
+
+    for command in (" ".join(api), cmd):
+        assert "--no-proxy-headers" in command, command
+        assert "--forwarded-allow-ips" not in command, command
+    assert uvicorn_config(object(), host="127.0.0.1", port=8000).proxy_headers is False
