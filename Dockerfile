@@ -26,4 +26,4 @@ COPY schedules ./schedules
 COPY templates ./templates
 USER aftercare
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "aftercare.web.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "--factory", "aftercare.web.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

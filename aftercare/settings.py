@@ -6,6 +6,7 @@ pointing to a file (Docker secrets).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -21,6 +22,10 @@ from aftercare.planning.quiet import QuietHours
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
 _SECRET_FIELDS = ("secret_key", "twilio_auth_token", "smtp_url", "database_url", "broker_url")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _entries(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def _default_data_dir() -> Path:
@@ -88,6 +93,13 @@ class Settings(BaseSettings):
     # session) before the daily retention task anonymises them. Two years: this service holds
     # contact details and reminder logs, not the clinical record; see docs/retention.md.
     retention_days: int = Field(default=730, ge=1, le=36_500)
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated IPs
+    # or CIDR networks. Empty: the connecting address is the client, whatever headers it sends
+    # (so nobody can pick a new address per login guess).
+    trusted_proxies: str = ""
+    # The largest request body any route accepts (413 beyond it, checked on Content-Length and as
+    # a chunked body arrives). The login form and the unsubscribe POST have smaller fixed limits.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +120,18 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str) -> str:
+        for entry in _entries(value):
+            if entry == "*":
+                raise ValueError("'*' lets any client choose its own address; name the proxies")
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from exc
         return value
 
     @field_validator("twilio_from")
@@ -169,6 +193,11 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """``AFTERCARE_TRUSTED_PROXIES`` as a list of IP addresses and networks."""
+        return _entries(self.trusted_proxies)
 
     @property
     def quiet(self) -> QuietHours:

@@ -27,7 +27,7 @@ from aftercare.staff.service import hash_password
 from aftercare.storage.models import (
     AuditEvent,
     Flag,
-    LoginAttempt,
+    LoginThrottle,
     Patient,
     Reminder,
     StaffUser,
@@ -235,7 +235,7 @@ def test_login_is_refused_after_five_failures_for_fifteen_minutes(pages: Pages) 
     assert "aftercare_session" not in client.cookies
     assert log_in(pages.new_client(), ADMIN).status_code == 303  # another email is not held
     with pages.rt.db.session() as s:
-        keys = s.scalars(select(LoginAttempt.key_hash)).all()
+        keys = s.scalars(select(LoginThrottle.key_hash)).all()
     assert all(NURSE not in k for k in keys)
 
     pages.clock.advance(timedelta(minutes=15, seconds=1))

@@ -9,8 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aftercare.runtime import Runtime
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class Child:
@@ -98,7 +102,18 @@ def first_admin(rt: Runtime, *, host: str, port: int) -> None:
     print(f"  one-time password (shown only now): {password}")
     print(f"  log in to the staff pages at http://{host}:{port}/ with these,")
     print(f"  or get an API token with: aftercare staff token {user.email}")
-    print(f"  then set your own password: aftercare staff password {user.email}")
+    print("  then set your own password: Change password on the staff pages, or")
+    print(f"  aftercare staff password {user.email}")
+
+
+def uvicorn_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
+    """How ``aftercare run`` serves the app (the tests serve it the same way)."""
+    import uvicorn
+
+    # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1,
+    # i.e. from anyone on this machine; forwarded headers are the app's business
+    # (AFTERCARE_TRUSTED_PROXIES, web/client_address.py).
+    return uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False)
 
 
 def run_all(rt: Runtime, *, host: str, port: int) -> int:
@@ -125,7 +140,7 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     try:
         configure_logging(rt.settings.log_level)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(create_app(), host=host, port=port, log_config=None)
+        uvicorn.Server(uvicorn_config(create_app(), host=host, port=port)).run()
     finally:
         for child in procs:
             child.stop()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Final
@@ -17,10 +19,11 @@ from typing import Final
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from aftercare.storage.models import ApiToken, StaffUser
+from aftercare.storage.db import Database
+from aftercare.storage.models import ApiToken, StaffUser, WebSession
 
 ROLES: Final = ("staff", "admin")
 MIN_PASSWORD_LENGTH: Final = 12
@@ -32,8 +35,35 @@ LAST_USED_RESOLUTION: Final = timedelta(minutes=1)
 FIRST_ADMIN_EMAIL: Final = "admin@aftercare.internal"
 
 
+# Each argon2 hash or check takes 64 MiB for a moment. At most this many run at once in a
+# process; a request finding them all busy waits up to HASHING_WAIT seconds, then is refused
+# (HashingBusy) rather than holding another 64 MiB: 80 simultaneous logins took a process to 1 GB.
+HASHING_SLOTS: Final = 4
+HASHING_WAIT: Final = 2.0
+_slots = threading.BoundedSemaphore(HASHING_SLOTS)
+
+
 class StaffError(ValueError):
     """A staff account request that cannot be honoured; the message says why."""
+
+
+class WrongPassword(StaffError):
+    """The current password given to change it is not right."""
+
+
+class HashingBusy(Exception):
+    """Every password-hashing slot stayed busy: try again in a moment."""
+
+
+@contextmanager
+def hashing_slot(*, wait: float = HASHING_WAIT) -> Iterator[None]:
+    """Hold one of the process's HASHING_SLOTS, or raise HashingBusy after ``wait`` seconds."""
+    if not _slots.acquire(timeout=wait):
+        raise HashingBusy("too many password checks at once")
+    try:
+        yield
+    finally:
+        _slots.release()
 
 
 @lru_cache(maxsize=1)
@@ -44,7 +74,8 @@ def _hasher() -> PasswordHasher:
 def hash_password(password: str) -> str:
     """An argon2id hash of ``password`` (which must be at least 12 characters)."""
     check_password_strength(password)
-    return _hasher().hash(password)
+    with hashing_slot():
+        return _hasher().hash(password)
 
 
 def check_password_strength(password: str) -> None:
@@ -57,7 +88,8 @@ def check_password_strength(password: str) -> None:
 def verify_password(password_hash: str, password: str) -> bool:
     """True when ``password`` matches ``password_hash``."""
     try:
-        return _hasher().verify(password_hash, password)
+        with hashing_slot():
+            return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -118,25 +150,86 @@ def authenticate(*, db_session: Session, email: str, password: str) -> StaffUser
     if not verify_password(user.password_hash, password):
         return None
     if _hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher().hash(password)
+        with hashing_slot():
+            user.password_hash = _hasher().hash(password)
     return user
+
+
+def check_login(*, database: Database, email: str, password: str) -> int | None:
+    """The id of the enabled account with this email and password, else None (the login page).
+
+    The account is read in a short transaction and the password checked after it ends: a 64 MiB
+    argon2 check, perhaps waiting for a hashing slot, must not keep the database waiting (on
+    SQLite a transaction holds the only write lock).
+    """
+    with database.session() as db_session:
+        user = get_by_email(db_session=db_session, email=email)
+        found = (user.id, user.password_hash) if user and user.disabled_at is None else None
+    if found is None:
+        # Spend the same time as a real check, so response times do not reveal accounts.
+        verify_password(_dummy_hash(), password)
+        return None
+    staff_id, password_hash = found
+    if not verify_password(password_hash, password):
+        return None
+    if _hasher().check_needs_rehash(password_hash):
+        with hashing_slot():
+            rehashed = _hasher().hash(password)
+        with database.session() as db_session:
+            # Only if the password was not changed meanwhile.
+            db_session.execute(
+                update(StaffUser)
+                .where(StaffUser.id == staff_id, StaffUser.password_hash == password_hash)
+                .values(password_hash=rehashed)
+            )
+    return staff_id
 
 
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
-    return _hasher().hash(secrets.token_urlsafe(16))
+    with hashing_slot():
+        return _hasher().hash(secrets.token_urlsafe(16))
 
 
 def set_password(*, db_session: Session, staff_id: int, password: str) -> StaffUser:
+    """Set a password (no commit) and end every browser session of the account: whoever knew
+    the old password, or held a session opened with it, is logged out everywhere."""
     user = db_session.get_one(StaffUser, staff_id)
     user.password_hash = hash_password(password)
+    end_web_sessions(db_session=db_session, staff_id=staff_id)
     return user
 
 
+def change_own_password(
+    *, db_session: Session, staff_id: int, current: str, new: str, repeated: str
+) -> StaffUser:
+    """A staff member's change of their own password (no commit); every session of the account
+    ends, the caller's included (the page starts a new one). StaffError says what is wrong."""
+    user = db_session.get_one(StaffUser, staff_id)
+    if user.disabled_at is not None:
+        raise StaffError("the account is disabled")
+    if not verify_password(user.password_hash, current):
+        raise WrongPassword("the current password is not right")
+    if new != repeated:
+        raise StaffError("the new password and its repetition differ")
+    if new == current:
+        raise StaffError("the new password must differ from the current one")
+    return set_password(db_session=db_session, staff_id=staff_id, password=new)
+
+
+def end_web_sessions(*, db_session: Session, staff_id: int) -> int:
+    """End every browser session of a staff member; how many there were."""
+    result = db_session.scalars(
+        delete(WebSession).where(WebSession.staff_id == staff_id).returning(WebSession.id)
+    )
+    return len(list(result))
+
+
 def disable_staff(*, db_session: Session, staff_id: int, now: datetime) -> StaffUser:
-    """Disable an account and revoke all its tokens (no commit)."""
+    """Disable an account, end its browser sessions and revoke all its tokens (no commit)."""
     user = db_session.get_one(StaffUser, staff_id)
     user.disabled_at = user.disabled_at or now
+    end_web_sessions(db_session=db_session, staff_id=staff_id)
     db_session.execute(
         update(ApiToken)
         .where(ApiToken.staff_id == staff_id, ApiToken.revoked_at.is_(None))

@@ -274,15 +274,15 @@ class WebSession(Base):
     expires_at: Mapped[datetime]
 
 
-class LoginAttempt(Base):
-    """Recent login attempts, for rate limiting (keyed by a hash of the email and the client)."""
+class LoginThrottle(Base):
+    """Login guesses counted per bucket (an email and a client, an email, a client) within a
+    window, for rate limiting; keyed by a hash, never the email or the address itself."""
 
-    __tablename__ = "login_attempts"
+    __tablename__ = "login_throttle"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64), index=True)
-    at: Mapped[datetime]
-    success: Mapped[bool] = mapped_column(Boolean)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime]
+    failures: Mapped[int] = mapped_column(Integer)
 
 
 class AuditEvent(Base):

@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from aftercare import __version__
 from aftercare.runtime import Runtime, get_runtime
+from aftercare.settings import get_settings
+
+
+class AftercareApp(FastAPI):
+    """FastAPI with ``Cache-Control: no-store`` on every ``/api/v1`` answer, added outside
+    Starlette's error middleware so that it covers an unhandled 500 too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        from aftercare.web.api_guard import NoStore
+
+        return NoStore(super().build_middleware_stack())
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
     from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
+    from aftercare.web.api_guard import BearerFirst
+    from aftercare.web.client_address import TrustedProxies
 
-    app = FastAPI(title="Aftercare", version=__version__)
+    settings = runtime.settings if runtime is not None else get_settings()
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, unpinned and
+    # without integrity hashes, on the origin of the staff pages. /openapi.json stays
+    # (docs/api.md says how to browse it).
+    app = AftercareApp(
+        title="Aftercare",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=settings.max_body_bytes,
+    )
     app.state.runtime_override = runtime
+    # Last added runs first: the client's address is settled before anything else looks at it.
+    app.add_middleware(BearerFirst)
+    app.add_middleware(TrustedProxies)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(api.router)

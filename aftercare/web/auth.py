@@ -19,6 +19,15 @@ from aftercare.storage.models import StaffUser
 from aftercare.web.deps import RuntimeDep
 
 _bearer = HTTPBearer(auto_error=False, description="A staff member's API token.")
+MISSING_TOKEN = "an API token is required (Authorization: Bearer <token>)"  # noqa: S105 - a message
+INVALID_TOKEN = "the API token is invalid or revoked"  # noqa: S105 - a message
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def api_db_session(rt: RuntimeDep) -> Iterator[Session]:
@@ -41,10 +50,10 @@ def current_staff(
 ) -> StaffUser:
     """The staff member named by the request's bearer token, else 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorised("an API token is required (Authorization: Bearer <token>)")
+        raise _unauthorised(MISSING_TOKEN)
     user = staff_for_token(db_session=db_session, token=credentials.credentials, now=rt.clock.now())
     if user is None:
-        raise _unauthorised("the API token is invalid or revoked")
+        raise _unauthorised(INVALID_TOKEN)
     return user
 
 

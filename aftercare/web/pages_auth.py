@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from aftercare.runtime import Runtime
-from aftercare.staff.service import authenticate
+from aftercare.staff import throttle
+from aftercare.staff.service import HashingBusy, check_login
 from aftercare.web import web_auth
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
@@ -70,61 +71,64 @@ def _plausible_email(email: str) -> bool:
     )
 
 
-def _locked_message(until: datetime, now: datetime) -> str:
+def locked_message(until: datetime, now: datetime) -> str:
     minutes = max(1, math.ceil((until - now).total_seconds() / 60))
     return (
-        "Too many failed attempts to log in with this email from this device. "
-        f"For safety, try again in {minutes} minute{'s' if minutes != 1 else ''}, "
-        "or ask an admin to reset your password."
+        "Too many failed attempts to log in. "
+        f"For safety, try again in {minutes} minute{'s' if minutes != 1 else ''}."
     )
 
 
-@router.post("/login", response_class=HTMLResponse)
+BUSY = "The service is busy checking other logins. Please try again in a moment."
+# A login form is a few hundred bytes; nothing bigger is read (413).
+LOGIN_MAX_BODY = 8 * 1024
+
+
+@router.post("/login", response_class=HTMLResponse, max_body_size=LOGIN_MAX_BODY)
 def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep) -> Response:
     now = rt.clock.now()
     next_url = safe_next(field(form, "next", limit=500))
     email = field(form, "email", limit=300).strip()
     password = field(form, "password", limit=1000)
+
+    def page(error: str, status_code: int) -> HTMLResponse:
+        return _login_page(rt, next_url=next_url, email=email, error=error, status_code=status_code)
+
     if not web_auth.same(
         field(form, web_auth.CSRF_FIELD, limit=200), request.cookies.get(web_auth.LOGIN_COOKIE, "")
     ):
-        return _login_page(
-            rt,
-            next_url=next_url,
-            email=email,
-            error="The login form had expired. Please try again.",
-            status_code=status.HTTP_403_FORBIDDEN,
-        )
-    key = web_auth.attempt_key(email, web_auth.client_of(request))
-    until = web_auth.locked_until(db_session=db_session, key=key, now=now)
-    if until is not None:
-        return _login_page(
-            rt,
-            next_url=next_url,
-            email=email,
-            error=_locked_message(until, now),
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-        )
-    user = None
-    if _plausible_email(email) and password:
-        user = authenticate(db_session=db_session, email=email, password=password)
-    web_auth.record_attempt(db_session=db_session, key=key, now=now, success=user is not None)
-    if user is None:
-        until = web_auth.locked_until(db_session=db_session, key=key, now=now)
-        return _login_page(
-            rt,
-            next_url=next_url,
-            email=email,
-            error=_locked_message(until, now) if until else WRONG,
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS
-            if until
-            else status.HTTP_401_UNAUTHORIZED,
-        )
+        return page("The login form had expired. Please try again.", status.HTTP_403_FORBIDDEN)
+    # The guess is counted, and committed, before the password is checked: see staff.throttle.
+    with rt.db.session() as cleanup:
+        throttle.forget_old(db_session=cleanup, now=now)
+    try:
+        with rt.db.session() as counting:
+            guess = throttle.reserve(
+                db_session=counting, email=email, client=web_auth.client_of(request), now=now
+            )
+    except throttle.Refused as refused:
+        return page(locked_message(refused.until, now), status.HTTP_429_TOO_MANY_REQUESTS)
+    try:
+        staff_id = None
+        if _plausible_email(email) and password:
+            staff_id = check_login(database=rt.db, email=email, password=password)
+    except HashingBusy:
+        with rt.db.session() as giving_back:
+            throttle.give_back(db_session=giving_back, guess=guess, right=False)
+        busy = page(BUSY, status.HTTP_503_SERVICE_UNAVAILABLE)
+        busy.headers["Retry-After"] = "5"
+        return busy
+    if staff_id is None:
+        if guess.full_until is not None:
+            return page(locked_message(guess.full_until, now), status.HTTP_429_TOO_MANY_REQUESTS)
+        return page(WRONG, status.HTTP_401_UNAUTHORIZED)
+    # The request's own transaction starts here, after the password check.
+    throttle.give_back(db_session=db_session, guess=guess, right=True)
     secure = web_auth.cookie_secure(rt.settings)
     web_auth.end_session(
         db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
     )
-    token, _ = web_auth.start_session(db_session=db_session, staff_id=user.id, now=now)
+    token, _ = web_auth.start_session(db_session=db_session, staff_id=staff_id, now=now)
     response = redirect(next_url)
     web_auth.set_cookie(
         response,

@@ -50,6 +50,7 @@ NOTICES: Final = {
     "unchanged": "Nothing to change: the details were already as entered.",
     "resolved": "Flag resolved.",
     "logged_out": "You have logged out.",
+    "password_changed": "Password changed. Every other session of your account has ended.",
 }
 
 REMINDER_STATES: Final = {

@@ -4,9 +4,7 @@ The cookie holds a random token; the server keeps only its SHA-256 (``WebSession
 so a copy of the database cannot be turned into a live session. Every session has its own CSRF
 token, which every POST form carries in a hidden field. The login form itself, made before there
 is a session, carries a double-submit token (a random value in a short-lived cookie and the
-form). Failed logins are counted per email and client in ``LoginAttempt`` (hashed, never the
-email itself); after ``MAX_FAILURES`` within ``FAILURE_WINDOW`` the pair is refused until the
-oldest failure ages out.
+form). The login rate limit is ``aftercare.staff.throttle``.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from aftercare.settings import Settings
-from aftercare.storage.models import LoginAttempt, StaffUser, WebSession
+from aftercare.storage.models import StaffUser, WebSession
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
 
@@ -32,10 +30,6 @@ SESSION_COOKIE: Final = "aftercare_session"
 LOGIN_COOKIE: Final = "aftercare_login"
 SESSION_LIFETIME: Final = timedelta(hours=12)
 LOGIN_FORM_LIFETIME: Final = timedelta(hours=1)
-MAX_FAILURES: Final = 5
-FAILURE_WINDOW: Final = timedelta(minutes=15)
-# Attempts older than this are deleted; only the last window's count matters.
-ATTEMPT_RETENTION: Final = timedelta(days=1)
 CSRF_FIELD: Final = "csrf_token"
 
 
@@ -133,39 +127,12 @@ def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
     response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=secure)
 
 
-# Login rate limit ---------------------------------------------------------------------------
-
-
-def attempt_key(email: str, client: str) -> str:
-    """The rate-limit key of an email and client, hashed so no email is stored in the clear."""
-    return digest(f"{email.strip().lower()}\x00{client}")
-
-
-def locked_until(*, db_session: Session, key: str, now: datetime) -> datetime | None:
-    """When this email+client may try again, if it has failed too often recently; else None.
-
-    Failures before the latest success do not count.
-    """
-    recent = db_session.scalars(
-        select(LoginAttempt)
-        .where(LoginAttempt.key_hash == key, LoginAttempt.at > now - FAILURE_WINDOW)
-        .order_by(LoginAttempt.at, LoginAttempt.id)
-    ).all()
-    failures: list[datetime] = []
-    for attempt in recent:
-        failures = [] if attempt.success else [*failures, attempt.at]
-    if len(failures) < MAX_FAILURES:
-        return None
-    return failures[len(failures) - MAX_FAILURES] + FAILURE_WINDOW
-
-
-def record_attempt(*, db_session: Session, key: str, now: datetime, success: bool) -> None:
-    db_session.execute(delete(LoginAttempt).where(LoginAttempt.at < now - ATTEMPT_RETENTION))
-    db_session.add(LoginAttempt(key_hash=key, at=now, success=success))
-    db_session.flush()
+# The client ---------------------------------------------------------------------------------
 
 
 def client_of(request: Request) -> str:
+    """The client's address: the connection's, or a trusted proxy's word for it
+    (``client_address.TrustedProxies``)."""
     return request.client.host if request.client else "unknown"
 
 
