@@ -125,7 +125,9 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     try:
         configure_logging(rt.settings.log_level)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(create_app(), host=host, port=port, log_config=None)
+        # uvicorn's access line is the raw target (query strings, unsubscribe tokens): off. The
+        # app writes its own access log by route (aftercare.web.access_log).
+        uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
     finally:
         for child in procs:
             child.stop()

@@ -11,8 +11,11 @@ from aftercare.runtime import Runtime, get_runtime
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
     from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
+    from aftercare.web.access_log import AccessLog, detach_uvicorn_access_log
 
     app = FastAPI(title="Aftercare", version=__version__)
+    detach_uvicorn_access_log()
+    app.add_middleware(AccessLog)
     app.state.runtime_override = runtime
     app.include_router(health.router)
     app.include_router(metrics.router)
