@@ -177,9 +177,10 @@ class Settings(BaseSettings):
         if not path.exists():
             import secrets
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
-            path.chmod(0o600)
+            from aftercare.private import private_dir, write_private
+
+            private_dir(self.data_dir)
+            write_private(path, secrets.token_urlsafe(48).encode())
         return path.read_text(encoding="utf-8").strip()
 
 

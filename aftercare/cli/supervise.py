@@ -105,10 +105,11 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     import uvicorn
 
     from aftercare.ops.logs import configure_logging
+    from aftercare.private import private_dir
     from aftercare.storage.migrate import SchemaOutdated, ensure_schema
     from aftercare.web.app import create_app
 
-    rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(rt.settings.data_dir)
     try:
         ensure_schema(rt.db, auto=rt.settings.embedded)
     except SchemaOutdated as exc:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from aftercare.ops.logs import configure_logging
+from aftercare.private import private_umask
 from aftercare.runtime import get_runtime
 from aftercare.web.app import create_app
 
 
 def create_served_app() -> FastAPI:
     """The app for uvicorn's ``--factory``, called once uvicorn has set up its loggers."""
+    private_umask()  # as every aftercare process (aftercare.cli.main)
     configure_logging(get_runtime().settings.log_level)
     return create_app()
