@@ -28,19 +28,25 @@ def private_dir(path: Path) -> Path:
     """``path`` as a folder only its owner can enter (created with its parents if missing; an
     existing one of ours is narrowed to 0700, so an upgrade also fixes an older install)."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if stat_mode(path) != DIR_MODE:
-        path.chmod(DIR_MODE)
+    _narrow(path, DIR_MODE)
     return path
 
 
 def private_file(path: Path) -> Path:
     """``path`` as a file only its owner can read: created empty at 0600 if missing, an existing
     one narrowed to 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE)
     os.close(fd)
-    if stat_mode(path) != FILE_MODE:
-        path.chmod(FILE_MODE)
+    _narrow(path, FILE_MODE)
     return path
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` if it is ours and wider; one owned by another user (a folder
+    an operator made and lent us) is left as its owner set it."""
+    info = path.stat()
+    if info.st_mode & 0o777 != mode and info.st_uid == os.getuid():
+        path.chmod(mode)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -55,7 +61,3 @@ def append_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
     with os.fdopen(fd, "a", encoding="utf-8") as out:
         out.write(text)
-
-
-def stat_mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
