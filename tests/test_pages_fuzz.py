@@ -38,6 +38,7 @@ from aftercare.web import web_auth
 from aftercare.web.app import create_app
 from tests.conftest import REPO
 from tests.factories import enrol
+from tests.test_api import add_staff as api_staff
 from tests.test_pages import FORM, add_staff
 
 # Per route and role; raise it for a deeper run (AFTERCARE_FUZZ_EXAMPLES=500).
@@ -376,3 +377,29 @@ def test_a_regimen_parameter_that_is_not_an_ascii_number_is_refused_by_name(
         parameter.validate(value)
     assert "whole number" in str(refused.value)
     assert parameter.validate(" 14 ") == 14
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000, "--7"])
+def test_a_regimen_parameter_that_is_not_an_ascii_number_is_a_422_from_the_api_too(
+    site: Site, value: str
+) -> None:
+    _, token = api_staff(site.rt, "api@example.org", "staff")
+    body = {
+        "patient": {
+            "name": "Ann Example",
+            "phone": "07911 123456",
+            "timezone": "Europe/London",
+            "channels": ["sms"],
+        },
+        "treated_at": site.rt.clock.now().isoformat(),
+        "regimen": "micro-sclerotherapy",
+        "parameters": {"daily_days": value},
+        "consent": True,
+        "contraindications_checked": True,
+    }
+    site.client.cookies.clear()
+    answer = site.client.post(
+        "/api/v1/sessions", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"][-1] == "daily_days"
