@@ -25,9 +25,16 @@ def private_umask() -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` as a folder only its owner can enter (created with its parents if missing; an
-    existing one of ours is narrowed to 0700, so an upgrade also fixes an older install)."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """``path`` as a folder only its owner can enter: created 0700 with any missing parents (which
+    are made 0700 too); an existing one of ours is narrowed to 0700, so an upgrade also fixes an
+    older install. Existing parents are left alone."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):  # each folder this call creates is private, parents too
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
     _narrow(path, DIR_MODE)
     return path
 

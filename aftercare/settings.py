@@ -175,12 +175,15 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
+            import contextlib
             import secrets
 
             from aftercare.private import private_dir, write_private
 
             private_dir(self.data_dir)
-            write_private(path, secrets.token_urlsafe(48).encode())
+            # Another process may make it first: then theirs is the key.
+            with contextlib.suppress(FileExistsError):
+                write_private(path, secrets.token_urlsafe(48).encode())
         return path.read_text(encoding="utf-8").strip()
 
 

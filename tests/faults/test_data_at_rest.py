@@ -24,9 +24,11 @@ from fastapi.testclient import TestClient
 from aftercare import retention
 from aftercare.flags.service import raise_flag
 from aftercare.inbound.service import Replies, receive_sms
-from aftercare.runtime import Runtime
+from aftercare.runtime import Runtime, set_runtime
 from aftercare.sessions import actions
+from aftercare.storage.migrate import upgrade
 from aftercare.web.app import create_app
+from tests.conftest import make_settings
 from tests.factories import enrol
 from tests.test_api import add_staff, deliver_due
 
@@ -191,3 +193,25 @@ def test_under_umask_022_aftercare_run_keeps_every_file_0600_and_every_folder_07
             os.killpg(server.pid, 15)
         server.wait(timeout=60)
     assert _not_private(data_dir) == []  # and what shutting down wrote
+
+
+def test_in_process_under_umask_022_the_database_and_the_outbox_are_created_private(
+    tmp_path: Path,
+) -> None:
+    """Without the aftercare command's umask (the app under a bare uvicorn, a test): the files
+    Aftercare creates itself are still 0600 in 0700 folders."""
+    previous = os.umask(0o022)
+    rt = Runtime(make_settings(tmp_path, secret_key=""))
+    set_runtime(rt)
+    try:
+        upgrade(rt.settings.effective_database_url)
+        enrol(rt)
+        assert deliver_due(rt)
+        assert rt.settings.effective_secret_key()
+        made = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "data").rglob("*")}
+        assert {"data/aftercare.sqlite3-wal", "data/secret_key", "data/outbox/email"} <= made
+        assert _not_private(tmp_path / "data") == []
+    finally:
+        os.umask(previous)
+        set_runtime(None)
+        rt.db.dispose()
