@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable
 from datetime import datetime
 from email.utils import parseaddr
@@ -38,8 +39,8 @@ class OutboxTransport:
         data = _encode(message, self.sender)
         # Every call is recorded, duplicates included, so a duplicate send can be seen.
         append_private(self.folder / "sent.log", message.key + "\n")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)  # left by a process killed mid-write
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
         write_private(tmp, data)
         try:
             # link() fails if the key exists: a second send of the same key changes nothing.
