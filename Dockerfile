@@ -26,4 +26,7 @@ COPY schedules ./schedules
 COPY templates ./templates
 USER aftercare
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "aftercare.web.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]
+# --no-access-log: uvicorn's access line is the raw request target (a search's query string, an
+# unsubscribe token); the app logs each request by its route instead (docs/security.md).
+# --no-proxy-headers: X-Forwarded-For is believed only from AFTERCARE_TRUSTED_PROXIES.
+CMD ["uvicorn", "--factory", "aftercare.web.server:create_served_app", "--no-access-log", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

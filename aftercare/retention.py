@@ -13,11 +13,13 @@ its reasons are in docs/retention.md.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy import ColumnElement, Subquery, func, select
 from sqlalchemy.orm import Session
 
+from aftercare.patients import forget
 from aftercare.sessions.actions import erase_patient
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
@@ -78,11 +80,15 @@ def _still_expired(db_session: Session, patient_id: int, cutoff: datetime) -> bo
     return db_session.scalar(query) is not None
 
 
-def anonymise_expired(*, db: Database, now: datetime, retention_days: int) -> dict[str, int]:
+def anonymise_expired(
+    *, db: Database, now: datetime, retention_days: int, outbox_dir: Path | None = None
+) -> dict[str, int]:
     """Erase every patient whose regimen ended more than ``retention_days`` before ``now``.
 
     One transaction per patient, so a failure leaves the others done and the next run picks up
-    the rest. Returns ``{"erased": n, "skipped": m}`` (skipped: erased or changed meanwhile).
+    the rest. After each batch the erased patients' messages leave ``outbox_dir`` and SQLite's
+    WAL is emptied (:mod:`aftercare.patients.forget`). Returns ``{"erased": n, "skipped": m}``
+    (skipped: erased or changed meanwhile).
     """
     cutoff = now - timedelta(days=retention_days)
     erased = skipped = 0
@@ -92,6 +98,7 @@ def anonymise_expired(*, db: Database, now: datetime, retention_days: int) -> di
             batch = expired_patient_ids(db_session=db_session, cutoff=cutoff, after_id=last_id)
         if not batch:
             return {"erased": erased, "skipped": skipped, "retention_days": retention_days}
+        keys: list[str] = []
         for patient_id in batch:
             with db.session() as db_session:
                 if not _still_expired(db_session, patient_id, cutoff):
@@ -104,5 +111,8 @@ def anonymise_expired(*, db: Database, now: datetime, retention_days: int) -> di
                     now=now,
                     action=ACTION,
                 )
+                keys += forget.message_keys(db_session=db_session, patient_ids=[patient_id])
                 erased += 1
+        if keys:
+            forget.forget_copies(db=db, outbox_dir=outbox_dir, keys=keys)
         last_id = batch[-1]

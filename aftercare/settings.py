@@ -209,11 +209,15 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
+            import contextlib
             import secrets
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48), encoding="utf-8")
-            path.chmod(0o600)
+            from aftercare.private import private_dir, write_private
+
+            private_dir(self.data_dir)
+            # Another process may make it first: then theirs is the key.
+            with contextlib.suppress(FileExistsError):
+                write_private(path, secrets.token_urlsafe(48).encode())
         return path.read_text(encoding="utf-8").strip()
 
 

@@ -544,3 +544,19 @@ def test_import_when_an_argument_is_bad_then_exits_2_with_one_line(
 
     assert words in line
     assert aftercare.row_counts()["patients"] == 0
+
+
+@pytest.mark.parametrize("value", ["²", "١٤", "9" * 5000, "--7"])
+def test_import_when_a_number_is_not_plain_ascii_digits_then_that_row_is_refused_by_name(
+    aftercare: Aftercare, value: str
+) -> None:
+    """str.isdigit() accepts "²" and int() does not: such a cell is a row error, not a crash."""
+    path = write_csv(aftercare.folder / "digits.csv", [good_row(0, daily_days=value), good_row(1)])
+
+    result = aftercare("import", str(path), "--report", "report.csv")
+
+    assert result.exit_code == 1, result.output
+    report = read_report(aftercare.folder / "report.csv")
+    assert [(row, field) for row, field, _ in report] == [(2, "daily_days")]
+    assert "whole number" in report[0][2]
+    assert sorted(aftercare.patients_by_name()) == ["Patient 1"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Iterable
 from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Literal
 
 from aftercare.channels.base import EmailMessage, Message, SendResult, SmsMessage
 from aftercare.channels.mime import new_stamp, render_mime
+from aftercare.private import append_private, private_dir, write_private
 
 
 class OutboxTransport:
@@ -31,14 +34,14 @@ class OutboxTransport:
         return self.folder / f"{message.key}{suffix}"
 
     def send(self, message: Message) -> SendResult:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         path = self._path(message)
         data = _encode(message, self.sender)
         # Every call is recorded, duplicates included, so a duplicate send can be seen.
-        with (self.folder / "sent.log").open("a", encoding="utf-8") as log:
-            log.write(message.key + "\n")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        append_private(self.folder / "sent.log", message.key + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
+        write_private(tmp, data)
         try:
             # link() fails if the key exists: a second send of the same key changes nothing.
             os.link(tmp, path)
@@ -61,6 +64,21 @@ class OutboxTransport:
                 return any(line.rstrip("\n") == key for line in log)
         except FileNotFoundError:
             return False
+
+
+def forget_messages(folder: Path, keys: Iterable[str]) -> int:
+    """Delete the messages with these keys from an outbox folder (an erased patient's), in every
+    channel; ``sent.log`` keeps its keys, which are ids. Returns how many files went."""
+    removed = 0
+    for key in keys:
+        for channel, suffix in (("sms", ".json"), ("email", ".eml")):
+            path = folder / channel / f"{key}{suffix}"
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
 
 
 def _encode(message: Message, sender: str) -> bytes:

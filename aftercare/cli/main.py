@@ -13,6 +13,7 @@ import typer
 
 from aftercare.cli.staff import staff_cli
 from aftercare.planning.planner import PlannedReminder, plan
+from aftercare.private import private_umask
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.regimens.model import ParameterError
 from aftercare.runtime import Runtime, get_runtime
@@ -313,10 +314,11 @@ def beat(
     loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
 ) -> None:
     """Run Celery beat (asks a worker to dispatch due reminders every few seconds)."""
+    from aftercare.private import private_dir
     from aftercare.worker.app import app
 
     rt = _runtime()
-    rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(rt.settings.data_dir)
     app.start(["beat", f"--loglevel={loglevel or rt.settings.log_level}"])
 
 
@@ -366,6 +368,9 @@ _register()
 
 
 def main() -> None:
+    # Everything an aftercare process creates (database, WAL, outbox, broker messages, beat's
+    # schedule) holds or sits beside patient data: its user's alone, whatever the shell's umask.
+    private_umask()
     try:
         cli()
     except KeyboardInterrupt:

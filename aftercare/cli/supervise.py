@@ -113,17 +113,22 @@ def uvicorn_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
     # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1,
     # i.e. from anyone on this machine; forwarded headers are the app's business
     # (AFTERCARE_TRUSTED_PROXIES, web/client_address.py).
-    return uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False)
+    # access_log=False: uvicorn's access line is the raw target (query strings, unsubscribe
+    # tokens); the app writes its own access log by route (aftercare.web.access_log).
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, proxy_headers=False, access_log=False
+    )
 
 
 def run_all(rt: Runtime, *, host: str, port: int) -> int:
     import uvicorn
 
     from aftercare.ops.logs import configure_logging
+    from aftercare.private import private_dir
     from aftercare.storage.migrate import SchemaOutdated, ensure_schema
     from aftercare.web.app import create_app
 
-    rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(rt.settings.data_dir)
     try:
         ensure_schema(rt.db, auto=rt.settings.embedded)
     except SchemaOutdated as exc:

@@ -56,7 +56,12 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "kombu"):
+    for name in ("uvicorn", "uvicorn.error", "celery", "kombu"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # uvicorn's access line holds the raw request target (query strings, unsubscribe tokens):
+    # it goes nowhere. The app writes its own, by route (aftercare.web.access_log).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from aftercare.private import private_dir
 from aftercare.settings import Settings
 
 
@@ -12,7 +13,7 @@ def serve_worker_metrics(settings: Settings) -> None:
     """Start the metrics endpoint; must run before prometheus_client is used in this process."""
     folder = settings.data_dir / "metrics" / f"worker-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    private_dir(folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Literal
 
+from aftercare.parsing import ascii_int
+
 Channel = Literal["sms", "email"]
 CHANNELS: tuple[Channel, ...] = ("sms", "email")
 
@@ -33,10 +35,10 @@ class Parameter:
         """The value, checked against the declared type and range."""
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                    value = int(value.strip())
-                else:
+                number = ascii_int(value) if isinstance(value, str) else None
+                if number is None:
                     raise ParameterError(self.name, "must be a whole number")
+                value = number
             assert isinstance(value, int)
             if self.minimum is not None and value < self.minimum:
                 raise ParameterError(self.name, f"must be at least {self.minimum}")

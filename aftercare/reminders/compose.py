@@ -30,6 +30,11 @@ class MissingAddress(ValueError):
     """The patient has no phone number or email address for this channel."""
 
 
+def message_key(reminder_id: int) -> str:
+    """A reminder's message's idempotency key (the outbox's file name, ids only)."""
+    return f"reminder-{reminder_id}"
+
+
 def unsubscribe_url(clinic: Clinic, patient: Patient) -> str:
     token = sign(patient.public_id, secret=clinic.secret_key)
     return f"{clinic.public_base_url.rstrip('/')}/unsubscribe/{token}"
@@ -66,7 +71,7 @@ def compose(
         occurrence=reminder.occurrence,
         unsubscribe_url=unsubscribe,
     )
-    key = f"reminder-{reminder.id}"
+    key = message_key(reminder.id)
     if reminder.channel == "sms":
         if not patient.phone:
             raise MissingAddress("no phone number")

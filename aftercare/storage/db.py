@@ -15,6 +15,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from aftercare.private import private_dir, private_file
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (stored as naive UTC)."""
@@ -42,7 +44,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(Path(path))
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
         )
@@ -99,10 +101,24 @@ def _quiet(dbapi_connection: Any) -> bool:
     return not poller.poll(0)
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The database file created 0600 before SQLite opens it: SQLite gives its WAL and
+    shared-memory files the database file's mode. Ones left by an older version are narrowed."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    private_file(path)
+    for extra in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if extra.exists():
+            private_file(extra)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy issue BEGIN itself (see the "begin" listener above).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # Deleted and overwritten content is zeroed, not left in free space: an erased patient's
+    # name must not be recoverable from the file (docs/retention.md).
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -127,6 +143,24 @@ class Database:
         """A session in a transaction: committed on success, rolled back on error."""
         with self.sessionmaker() as session, session.begin():
             yield session
+
+    def truncate_wal(self) -> bool:
+        """SQLite: copy every page in the WAL into the database file and empty the WAL, so that
+        earlier versions of overwritten pages (an erased patient's) are no longer on disk. Waits
+        for readers (busy timeout); True when done, False if a reader held on. No-op elsewhere.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return True
+        raw = self.engine.raw_connection()
+        try:
+            # Outside any transaction (the connection is in autocommit, see _sqlite_pragmas).
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cursor.fetchone()  # (busy, frames in the WAL, frames copied)
+            cursor.close()
+        finally:
+            raw.close()
+        return row is not None and int(row[0]) == 0
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
+from aftercare.patients import forget
 from aftercare.sessions import actions
 from aftercare.storage.models import Patient
 from aftercare.web.api_errors import ApiRoute, responses
@@ -62,7 +64,12 @@ def erase_patient(
     actions.erase_patient(
         db_session=db_session, patient_id=patient_id, actor_id=staff.id, now=rt.clock.now()
     )
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    keys = forget.message_keys(db_session=db_session, patient_ids=[patient_id])
+    # Runs once the erasure has committed (the session dependency commits before the answer).
+    after = BackgroundTask(
+        forget.forget_copies, db=rt.db, outbox_dir=rt.settings.outbox_dir, keys=keys
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT, background=after)
 
 
 def patient_out(db_session: Session, patient: Patient) -> PatientOut:

@@ -23,6 +23,7 @@ class AftercareApp(FastAPI):
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
     from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
+    from aftercare.web.access_log import AccessLog, detach_uvicorn_access_log
     from aftercare.web.api_guard import BearerFirst
     from aftercare.web.client_address import TrustedProxies
 
@@ -37,6 +38,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         redoc_url=None,
         max_body_size=settings.max_body_bytes,
     )
+    detach_uvicorn_access_log()
+    app.add_middleware(AccessLog)
     app.state.runtime_override = runtime
     # Last added runs first: the client's address is settled before anything else looks at it.
     app.add_middleware(BearerFirst)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from aftercare.audit import service as audit
+from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions import actions
 from aftercare.sessions.validation import ValidationFailed, clean_phone
@@ -163,7 +164,8 @@ def audit_log(
     patient: Annotated[str, Query(max_length=12)] = "",
     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> Response:
-    patient_id = int(patient) if patient.isdigit() and 0 < int(patient) <= MAX_ID else None
+    number = ascii_int(patient)
+    patient_id = number if number is not None and 0 < number <= MAX_ID else None
     chosen = action if action in audit.ACTIONS else ""
     events = audit.list_events(
         db_session=db_session,

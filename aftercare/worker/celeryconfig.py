@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from aftercare.private import private_dir
 from aftercare.settings import Settings
 
 DISPATCH_QUEUE = "aftercare.dispatch"
@@ -82,7 +83,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     if conf["broker_url"].startswith("filesystem://"):
         folder = settings.broker_folder
         for sub in ("queue", "processed"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(folder / sub)
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

@@ -116,7 +116,10 @@ def anonymise_expired(self: AftercareTask) -> dict[str, int]:
     """Anonymise patients whose regimen ended more than AFTERCARE_RETENTION_DAYS ago."""
     rt = self.runtime
     summary = retention.anonymise_expired(
-        db=rt.db, now=rt.clock.now(), retention_days=rt.settings.retention_days
+        db=rt.db,
+        now=rt.clock.now(),
+        retention_days=rt.settings.retention_days,
+        outbox_dir=rt.settings.outbox_dir,
     )
     log.info("retention", extra=summary)
     return summary
