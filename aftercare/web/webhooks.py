@@ -16,6 +16,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from aftercare.inbound.service import Replies, receive_sms
 from aftercare.reminders.status import apply_status
+from aftercare.sessions.validation import without_bidi_controls
 from aftercare.web import twilio_params
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.twilio_params import ParamError
@@ -67,7 +68,8 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
             db_session=db_session,
             sid=sms.sid,
             from_number=sms.from_number,
-            body=sms.body,
+            # Staff read it: bidi controls could make it read as something else.
+            body=without_bidi_controls(sms.body),
             now=rt.clock.now(),
             replies=replies,
         )
