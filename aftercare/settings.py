@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +21,19 @@ from aftercare.planning.quiet import QuietHours
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
 _SECRET_FIELDS = ("secret_key", "twilio_auth_token", "smtp_url", "database_url", "broker_url")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+# A signing key set by the operator: at least 32 characters, and at least 10^24 guesses (about
+# 80 bits) by zxcvbn, which sees through repeats, sequences, keyboard walks and words. The
+# embedded default's own key (secrets.token_urlsafe(48): 64 characters, 384 random bits) and
+# `openssl rand -hex 32` pass by far; "x", "changeme" * 4 or "0123456789" * 4 do not.
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_GUESSES = 24.0
+
+
+@lru_cache(maxsize=8)
+def _secret_guesses_log10(value: str) -> float:
+    from zxcvbn import zxcvbn
+
+    return float(zxcvbn(value[:100])["guesses_log10"])
 
 
 def _entries(value: str) -> list[str]:
@@ -116,10 +128,11 @@ class Settings(BaseSettings):
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        from aftercare.sessions.validation import patient_zones
+
+        # The zone of every patient enrolled without one: the same rule as a patient's own.
+        if value not in patient_zones():
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. Europe/London)")
         return value
 
     @field_validator("trusted_proxies")
@@ -158,8 +171,16 @@ class Settings(BaseSettings):
     @field_validator("secret_key")
     @classmethod
     def _no_placeholder_secret(cls, value: str) -> str:
+        if not value:
+            return value  # the embedded default generates one (effective_secret_key)
         if value.strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is a placeholder; set a long random value")
+        if len(value) < MIN_SECRET_LENGTH or _secret_guesses_log10(value) < MIN_SECRET_GUESSES:
+            raise ValueError(
+                f"is too short or too easy to guess: use at least {MIN_SECRET_LENGTH} random "
+                "characters, e.g. the output of "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         return value
 
     @classmethod

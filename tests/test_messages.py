@@ -3,16 +3,21 @@ patient-facing template of the micro-sclerotherapy regimen."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aftercare.messages.context import (
     build_context,
     human_datetime,
     sample_context,
+    sms_first_name,
 )
 from aftercare.messages.gsm import SmsEncoding, sms_encoding, to_gsm7
 from aftercare.messages.render import (
@@ -456,3 +461,93 @@ def test_check_templates_when_some_templates_are_broken_then_every_fault_is_list
     assert len(report.faults) == 2
     assert any("sms/bad.txt" in fault and "last_name" in fault for fault in report.faults)
     assert any("bad.subject.txt" in fault for fault in report.faults)
+
+
+# --- Names in SMS: greeted only when the name survives GSM-7 whole and is not a link ---------
+
+GREETINGS = [
+    ("李 Wang", "there"),  # 李 has no GSM-7 form: it was dropped ("Hi .")
+    ("ЈОНN Smith", "there"),  # Cyrillic look-alikes were dropped ("Hi N.")
+    ("Ανna Smith", "there"),  # a Greek capital alpha
+    ("bit.ly/x9z Smith", "there"),
+    ("evil.com", "there"),
+    ("example.co.uk", "there"),
+    ("x@example", "there"),
+    ("wwwexample", "there"),
+    ("https:x", "there"),
+    ("tel:07700900123", "there"),
+    ("a/b", "there"),
+    ("bit\uff0ely", "there"),  # a fullwidth full stop is a dot in GSM-7
+    ("bit\u3002ly", "there"),  # an ideographic full stop has no GSM-7 form
+    ("J.R. Smith", "there"),
+    ("😀 Smith", "there"),
+    ("Zoë Smith", "Zoe"),
+    ("José Müller", "José"),
+    ("Anne-Marie O'Brien", "Anne-Marie"),
+    ("Ørsted", "Ørsted"),
+    ("Łukasz", "Lukasz"),
+    ("Ｓａｍ", "Sam"),  # fullwidth letters have plain forms
+    ("O’Neill", "O'Neill"),
+]
+
+
+@pytest.mark.parametrize(("name", "greeted"), GREETINGS, ids=[g[0] for g in GREETINGS])
+def test_sms_greets_by_name_only_when_the_name_survives_gsm7_and_is_not_link_shaped(
+    renderer: MessageRenderer, name: str, greeted: str
+) -> None:
+    first = str(sample_context(regimen=REGIMEN, step="welcome", patient_name=name)["first_name"])
+    context = {**sample("welcome", 0), "first_name": sms_first_name(first)}
+    sms = renderer.render_sms("welcome", context)
+    assert sms.body.startswith(f"Riverside Vein and Skin Clinic: Hi {greeted}. Wear")
+
+
+@pytest.mark.parametrize("name", ["李", "bit.ly/x9z"])
+@pytest.mark.parametrize(("step", "template", "occurrence"), STEP_OCCURRENCES)
+def test_every_sms_without_the_name_still_greets_and_reads_well(
+    renderer: MessageRenderer, name: str, step: str, template: str, occurrence: int | None
+) -> None:
+    context = {**sample(step, occurrence), "first_name": sms_first_name(name)}
+    body = renderer.render_sms(template, context).body
+    assert name not in body
+    assert not re.search(r": (Hi|Good morning|Well done) ?[.,]", body), body
+    assert not re.search(r": (Good morning|Well done) there", body), body  # "Hi there" reads
+    assert "  " not in body
+
+
+_LINK_PIECES = st.sampled_from(
+    ["bit.ly", "/", "@", "www", "http:", "https://", ".com", ".io", "\uff0e", "\u2024", "x.y"]
+)
+_NAME_TEXT = st.text(
+    alphabet=st.characters(categories=("L", "M", "N", "P", "S", "Zs"), exclude_characters="\r\n"),
+    min_size=1,
+    max_size=16,
+)
+_NAMES = st.one_of(
+    _NAME_TEXT,
+    st.builds(lambda a, link, b: a + link + b, _NAME_TEXT, _LINK_PIECES, _NAME_TEXT),
+    st.sampled_from([g[0] for g in GREETINGS]),
+)
+_LINK_SHAPE = re.compile(r"[/@:\\]|www|[^\W_]\.[^\W_]|\.[^\W\d_]{2}", re.IGNORECASE)
+
+
+@given(name=_NAMES)
+@settings(max_examples=400, deadline=None)
+def test_sms_greeting_is_the_whole_name_or_none_and_never_a_link(name: str) -> None:
+    words = name.split()
+    if not words:
+        return
+    first = words[0]
+    greeting = sms_first_name(first)
+    body = (
+        MessageRenderer(TEMPLATES)
+        .render_sms("welcome", {**sample("welcome", 0), "first_name": greeting})
+        .body
+    )
+    assert body.startswith(f"Riverside Vein and Skin Clinic: Hi {to_gsm7(greeting)}. Wear")
+    if greeting == "there":
+        return
+    assert greeting == first
+    # Every character of the name is still there in GSM-7 (as itself or a close stand-in) ...
+    assert all(to_gsm7(c) for c in unicodedata.normalize("NFC", first))
+    # ... and what the patient reads is not a link.
+    assert not _LINK_SHAPE.search(to_gsm7(first))

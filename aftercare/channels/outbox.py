@@ -7,6 +7,7 @@ every send call in order, duplicates included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -49,13 +50,20 @@ class OutboxTransport:
             pass
         finally:
             tmp.unlink(missing_ok=True)
-        return SendResult(provider_id=f"outbox-{message.key}")
+        return SendResult(provider_id=self._provider_id(message))
+
+    def _provider_id(self, message: Message) -> str:
+        if isinstance(message, SmsMessage):
+            # Shaped like Twilio's message SIDs (the status webhook accepts no other shape), so
+            # a developer can post status callbacks for outbox messages; stable per key.
+            return "SM" + hashlib.sha256(message.key.encode()).hexdigest()[:32]
+        return f"outbox-{message.key}"
 
     def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
         # The sent.log line is written first, in one write: a process killed after it (by
         # another of its send threads, say) has sent the message even if its file is missing.
         if self._path(message).exists() or self._logged(message.key):
-            return SendResult(provider_id=f"outbox-{message.key}")
+            return SendResult(provider_id=self._provider_id(message))
         return None
 
     def _logged(self, key: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag
 
 KINDS: Final = (
@@ -42,7 +43,8 @@ def raise_flag(
         session_id=session_id,
         reminder_id=reminder_id,
         inbound_id=inbound_id,
-        text=text[:2000],
+        # Staff read it: no bidi control may make it read as something else (docs/security.md).
+        text=without_bidi_controls(text)[:2000],
         created_at=now,
     )
     db_session.add(flag)
@@ -71,5 +73,5 @@ def resolve_flag(
         raise FlagAlreadyResolved(f"flag {flag.id} is already resolved")
     flag.resolved_at = now
     flag.resolved_by_id = staff_id
-    flag.resolution_note = note[:2000] or None
+    flag.resolution_note = without_bidi_controls(note)[:2000] or None
     return flag

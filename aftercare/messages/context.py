@@ -6,11 +6,12 @@ British style ("Sunday 29 March at 3:30pm"), without relying on the process loca
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from aftercare.messages.gsm import sms_encoding, to_gsm7
+from aftercare.messages.gsm import sms_encoding, survives_gsm7, to_gsm7
 from aftercare.planning.planner import step_instants
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.model import Regimen
@@ -87,9 +88,24 @@ def human_datetime(value: datetime) -> str:
     return f"{human_date(value.date())} at {clock}"
 
 
+# What a link looks like once in GSM-7 (where a fullwidth full stop or a one-dot leader is a
+# plain dot): a dot between letters or digits or before a top-level domain ("bit.ly", "x.co.uk",
+# "-.com"), a slash, an at sign, a scheme's colon, or "www".
+_LINK_SHAPED = re.compile(r"[^\W_]\.[^\W_]|\.[^\W\d_]{2}|[/\\@:]|www", re.IGNORECASE)
+
+
+def is_link_shaped(text: str) -> bool:
+    """Whether ``text``, as an SMS would carry it, could be read (or made clickable) as a link."""
+    return bool(_LINK_SHAPED.search(to_gsm7(text)))
+
+
 def sms_first_name(first_name: str) -> str:
-    """The first name as an SMS greets the patient: "there" ("Hi there") when it is longer than
-    the templates were checked with, so a long name can never stop a reminder going out."""
+    """The first name as an SMS greets the patient, or "there" ("Hi there") when it cannot be
+    sent whole: letters GSM-7 has no form for would be dropped ("李" became "Hi ."), it looks
+    like a link (an SMS from the clinic must never carry one the clinic did not write), or it is
+    longer than the templates were checked with (it could stop a reminder going out)."""
+    if not survives_gsm7(first_name) or is_link_shaped(first_name):
+        return "there"
     if sms_encoding(to_gsm7(first_name)).units > MAX_SMS_FIRST_NAME:
         return "there"
     return first_name

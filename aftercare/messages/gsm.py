@@ -82,20 +82,37 @@ def sms_encoding(text: str) -> SmsEncoding:
     return SmsEncoding(encoding, units, segments)
 
 
+def _gsm7_form(char: str) -> tuple[str, bool]:
+    """``char`` in GSM-7, and whether it survives: as itself, a listed stand-in, or its base
+    letter without the accents (combining marks) GSM-7 lacks. A character with no such form
+    (李, a Cyrillic letter, an emoji) does not survive, and becomes nothing."""
+    if char in GSM7_BASIC or char in GSM7_EXTENSION:
+        return char, True
+    if char in _TRANSLITERATE:
+        return _TRANSLITERATE[char], True
+    # Letters with accents GSM-7 lacks decompose into a base letter plus combining marks.
+    base = unicodedata.normalize("NFKD", char)
+    kept = "".join(c for c in base if c in GSM7_BASIC or c in GSM7_EXTENSION)
+    lost = any(
+        c not in GSM7_BASIC and c not in GSM7_EXTENSION and not unicodedata.combining(c)
+        for c in base
+    )
+    # A spacing accent (U+00A8 diaeresis, U+00B4 acute) decomposes into a space and a mark:
+    # only the space would be left.
+    return kept, bool(kept.strip()) and not lost
+
+
+def survives_gsm7(text: str) -> bool:
+    """Whether every character of ``text`` has a GSM-7 form (see to_gsm7), so that the text an
+    SMS carries is still the whole of ``text``: "Zoë" does (Zoe), "李 Wang" and
+    a Cyrillic "JOHN" do not."""
+    return all(_gsm7_form(c)[1] for c in unicodedata.normalize("NFC", text))
+
+
 def to_gsm7(text: str) -> str:
     """``text`` with characters GSM-7 cannot carry replaced by close stand-ins, or dropped.
 
     For values that come from outside the templates (Zoë becomes Zoe, a curly apostrophe a
     straight one), so that one patient's accented name does not push a whole SMS into UCS-2.
     """
-    out: list[str] = []
-    for char in text:
-        if char in GSM7_BASIC or char in GSM7_EXTENSION:
-            out.append(char)
-        elif char in _TRANSLITERATE:
-            out.append(_TRANSLITERATE[char])
-        else:
-            # Letters with accents GSM-7 lacks decompose into a base letter plus combining marks.
-            base = unicodedata.normalize("NFKD", char)
-            out.append("".join(c for c in base if c in GSM7_BASIC or c in GSM7_EXTENSION))
-    return "".join(out)
+    return "".join(_gsm7_form(char)[0] for char in text)

@@ -8,6 +8,7 @@ the token to revoke without ever seeing it again.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,12 +22,19 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
 
+from aftercare.sessions.validation import ValidationFailed, clean_name
 from aftercare.storage.db import Database
 from aftercare.storage.models import ApiToken, StaffUser, WebSession
 
 ROLES: Final = ("staff", "admin")
 MIN_PASSWORD_LENGTH: Final = 12
+# zxcvbn's 0-4 scale; 3 is "safely unguessable: moderate protection from an offline slow-hash
+# scenario" (about 10^8 guesses and more), and our hash is argon2id behind a login limit.
+MIN_PASSWORD_SCORE: Final = 3
+# Words an attacker who knows what this service is would try first.
+_SERVICE_WORDS: Final = ("aftercare", "clinic", "vein", "nurse", "admin", "staff")
 TOKEN_PREFIX: Final = "act_"  # noqa: S105 - a label that makes leaked tokens recognisable
 # The stored prefix: enough to tell tokens apart in a listing, far too little to guess the rest.
 PREFIX_LENGTH: Final = 12
@@ -71,18 +79,39 @@ def _hasher() -> PasswordHasher:
     return PasswordHasher()
 
 
-def hash_password(password: str) -> str:
-    """An argon2id hash of ``password`` (which must be at least 12 characters)."""
-    check_password_strength(password)
+def hash_password(password: str, *, user_inputs: Sequence[str] = ()) -> str:
+    """An argon2id hash of ``password``, which must pass check_password_strength."""
+    check_password_strength(password, user_inputs=user_inputs)
     with hashing_slot():
         return _hasher().hash(password)
 
 
-def check_password_strength(password: str) -> None:
+def check_password_strength(password: str, *, user_inputs: Sequence[str] = ()) -> None:
+    """Refuse a password shorter than 12 characters, or one zxcvbn scores below 3 ("safely
+    unguessable") with ``user_inputs`` (the account's email and name) counted as known words:
+    common passwords, keyboard walks, repeats, dates and words with digits appended are all
+    found by its dictionaries and patterns, which a length rule alone lets through."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise StaffError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
     if not password.strip():
         raise StaffError("password must not be blank")
+    words = [w for text in (*user_inputs, *_SERVICE_WORDS) for w in _words(text)]
+    # zxcvbn's matching grows quickly with length; past 100 characters it is long enough.
+    result = zxcvbn(password[:100], user_inputs=words)
+    if result["score"] < MIN_PASSWORD_SCORE:
+        hint = result["feedback"]["warning"] or "it follows a common pattern"
+        raise StaffError(
+            f"password is too easy to guess ({hint.rstrip('.')}); use three or more unrelated "
+            "words, or --generate"
+        )
+
+
+def _words(text: str) -> list[str]:
+    """``text``, its parts and their run ("Nora Nightingale": nora, nightingale,
+    noranightingale), so that a password built from the account's own name is found."""
+    parts = [p for p in re.split(r"[^\w]+", text.lower()) if len(p) >= 3]
+    local = text.lower().partition("@")[0]
+    return [text.lower(), local, "".join(re.split(r"[^\w]+", local)), *parts]
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -128,10 +157,15 @@ def create_staff(
     address = normalise_email(email)
     if get_by_email(db_session=db_session, email=address) is not None:
         raise StaffError(f"a staff account for {address} already exists")
+    try:
+        # The same rule as a patient's name: one line, nothing invisible.
+        display_name = clean_name(name, ("name",)) if name.strip() else ""
+    except ValidationFailed as exc:
+        raise StaffError(str(exc)) from None
     user = StaffUser(
         email=address,
-        name=" ".join(name.split())[:200],
-        password_hash=hash_password(password),
+        name=display_name,
+        password_hash=hash_password(password, user_inputs=(address, display_name)),
         role=role,
         created_at=now,
     )
@@ -195,7 +229,7 @@ def set_password(*, db_session: Session, staff_id: int, password: str) -> StaffU
     """Set a password (no commit) and end every browser session of the account: whoever knew
     the old password, or held a session opened with it, is logged out everywhere."""
     user = db_session.get_one(StaffUser, staff_id)
-    user.password_hash = hash_password(password)
+    user.password_hash = hash_password(password, user_inputs=(user.email, user.name))
     end_web_sessions(db_session=db_session, staff_id=staff_id)
     return user
 

@@ -18,12 +18,13 @@ from fastapi import Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aftercare.runtime import Runtime
 from aftercare.sessions.actions import NotFound
-from aftercare.sessions.validation import FieldError
+from aftercare.sessions.validation import FieldError, without_bidi_controls
 from aftercare.storage.models import Flag
 from aftercare.web.app import app_runtime
 from aftercare.web.web_auth import AdminRequired, CsrfFailed, LoginRequired, StaffSession
@@ -107,6 +108,15 @@ def short_when(value: datetime | None, zone: str | ZoneInfo) -> str:
     return f"{local:%a} {local.day} {local:%b, %H:%M}"
 
 
+def _neutral(value: object) -> object:
+    """Every value a staff page shows, without bidi embedding, override or isolate controls:
+    text stored before they were stripped on the way in (a reply, a note) cannot reorder what
+    staff read. Markup is the pages' own HTML, left as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return without_bidi_controls(value)
+    return value
+
+
 @lru_cache(maxsize=4)
 def _environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
@@ -115,6 +125,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_neutral,
     )
     env.globals.update(
         when=when,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Final
-from zoneinfo import available_timezones
 
 from aftercare.planning.planner import PlannedReminder
 from aftercare.regimens.model import Parameter, Regimen
+from aftercare.sessions.validation import patient_zones
 
 
 @dataclass(frozen=True)
@@ -110,4 +110,5 @@ def param_fields(regimen: Regimen | None, chosen: dict[str, str]) -> list[ParamF
 
 @lru_cache(maxsize=1)
 def zone_names() -> list[str]:
-    return sorted(z for z in available_timezones() if "/" in z and not z.startswith("Etc/"))
+    """The zones the form offers: every zone a patient can be in (clean_timezone's rule)."""
+    return sorted(patient_zones())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 Instant = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ChannelName = Literal["sms", "email"]
@@ -84,8 +84,9 @@ class SessionIn(_In):
         description="Regimen parameters, e.g. daily_days (7|14) and checkin_week (8..13).",
         examples=[{"daily_days": 14, "checkin_week": 10}],
     )
-    consent: bool = Field(description="The patient consents to messages (must be true).")
-    contraindications_checked: bool = Field(
+    # Strict: JSON has booleans, and "true", "yes" or 1 is not staff confirming anything.
+    consent: StrictBool = Field(description="The patient consents to messages (must be true).")
+    contraindications_checked: StrictBool = Field(
         description="Staff confirmed the contraindication checklist (must be true)."
     )
 

@@ -49,7 +49,7 @@ def is_valid_signature(
 async def verified_form(request: Request, rt: RuntimeDep) -> dict[str, str]:
     """The webhook's POST parameters, once the signature is checked; else 403 (nothing read
     further, nothing stored). A body of unknown length or over MAX_BODY_BYTES is 411/413 before
-    it is read; a signed body that is not UTF-8 form data is 415/400."""
+    it is read; a signed body that is not UTF-8 form data, or repeats a name, is 415/400."""
     length = request.headers.get("content-length", "")
     if not (length.isascii() and length.isdigit()):
         raise HTTPException(status_code=411, detail="Content-Length is required")
@@ -82,6 +82,11 @@ async def verified_form(request: Request, rt: RuntimeDep) -> dict[str, str]:
         parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(status_code=400, detail="the form data is not UTF-8") from None
+    names = [key for key, _ in form.multi_items()]
+    if len(names) != len(set(names)):
+        # Twilio sends each parameter once; a repeated one could be read two ways.
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise HTTPException(status_code=400, detail=f"{repeated[:40]!r} is repeated")
     return {key: str(value) for key, value in form.items()}
 
 

@@ -97,6 +97,25 @@ NAMES = [
     ),
     Value("a-number", 42, "is required", api=NOT_A_STRING, csv=False),
     Value("a-list", ["Jane"], "is required", api=NOT_A_STRING, csv=False),
+    # Default-ignorable code points that render as nothing (or as a blank letter).
+    Value("hangul-filler", "Jane \u3164Doe", "control or invisible"),
+    Value("hangul-filler-only", "\u3164", "control or invisible"),
+    Value("hangul-choseong-filler", "\u115f Doe", "control or invisible"),
+    Value("halfwidth-hangul-filler", "Jane \uffa0", "control or invisible"),
+    Value("combining-grapheme-joiner", "Ja\u034fne Doe", "control or invisible"),
+    Value("variation-selector", "Jane\ufe0f Doe", "control or invisible"),
+    Value("tag-character", "Jane\U000e0041 Doe", "control or invisible"),
+    Value("mongolian-vowel-separator", "Jane\u180eDoe", "control or invisible"),
+    Value("braille-blank", "Jane\u2800Doe", "control or invisible"),
+    Value("braille-blank-only", "\u2800", "control or invisible"),
+    # Line breaks and tabs: a name is one line, so they are refused, not collapsed to spaces.
+    Value("line-feed", "Jane\nDoe", "control or invisible"),
+    Value("carriage-return", "Jane\rDoe", "control or invisible"),
+    Value("crlf", "Jane Doe\r\n", "control or invisible"),
+    Value("tab", "Jane\tDoe", "control or invisible"),
+    Value("next-line", "Jane\x85Doe", "control or invisible"),
+    Value("line-separator", "Jane\u2028Doe", "control or invisible"),
+    Value("paragraph-separator", "Jane\u2029Doe", "control or invisible"),
 ]
 
 # Every wrong shape of a phone number (default region GB; SMS is chosen, so one is required).
@@ -182,6 +201,18 @@ ZONES = [
     Value("longer-than-64", "Europe/" + "x" * 60, NOT_A_ZONE, api=TOO_LONG),
     Value("spaces-only", "   ", "is required", csv=False),  # CSV: blank means the default
     Value("a-number", 5, "is required", api=NOT_A_STRING, csv=False),
+    # Names ZoneInfo loads that are no place a patient lives: the host's own zone, the leap-second
+    # and POSIX copies, tzdata's placeholder, and zones kept only for backward compatibility
+    # (legacy links, POSIX-style rules, and Etc/GMT+5, which is five hours *behind* GMT).
+    Value("localtime", "localtime", NOT_A_ZONE),
+    Value("right-utc", "right/UTC", NOT_A_ZONE),
+    Value("right-london", "right/Europe/London", NOT_A_ZONE),
+    Value("posix-london", "posix/Europe/London", NOT_A_ZONE),
+    Value("posixrules", "posixrules", NOT_A_ZONE),
+    Value("factory", "Factory", NOT_A_ZONE),
+    Value("backward-link", "US/Eastern", NOT_A_ZONE),
+    Value("posix-style-rule", "EST5EDT", NOT_A_ZONE),
+    Value("etc-gmt-plus-5", "Etc/GMT+5", NOT_A_ZONE),
 ]
 
 NOT_ISO = "is not an ISO-8601 date and time"
@@ -406,6 +437,23 @@ def enrolment_cases() -> list[Case]:
         Case("consent-missing", {"consent": ...}, ("body", "consent"), "Field required"),
         Case("consent-maybe", {"consent": "maybe"}, ("body", "consent"), "valid boolean"),
         Case("consent-null", {"consent": None}, ("body", "consent"), "valid boolean"),
+        # JSON has booleans: a string or a number is not staff confirming anything.
+        Case("consent-string-true", {"consent": "true"}, ("body", "consent"), "valid boolean"),
+        Case("consent-string-yes", {"consent": "yes"}, ("body", "consent"), "valid boolean"),
+        Case("consent-one", {"consent": 1}, ("body", "consent"), "valid boolean"),
+        Case("consent-one-float", {"consent": 1.0}, ("body", "consent"), "valid boolean"),
+        Case(
+            "checklist-string-true",
+            {"contraindications_checked": "true"},
+            ("body", "contraindications_checked"),
+            "valid boolean",
+        ),
+        Case(
+            "checklist-one",
+            {"contraindications_checked": 1},
+            ("body", "contraindications_checked"),
+            "valid boolean",
+        ),
         Case(
             "checklist-false",
             {"contraindications_checked": False},
