@@ -410,10 +410,11 @@ class _Owners:
     def resolve(self, new_ids: Sequence[int]) -> list[int]:
         ids: list[int] = []
         for known, index in zip(self.known, self.new_of, strict=True):
-            if known is None:
+            if known is not None:
+                ids.append(known)
+            else:
                 assert index is not None
-                known = new_ids[index]
-            ids.append(known)
+                ids.append(new_ids[index])
         self.patient_ids = ids
         return ids
 
