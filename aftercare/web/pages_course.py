@@ -24,7 +24,7 @@ class CourseView:
     """What the form shows about the patient's course."""
 
     matches: list[course.PossibleMatch] = field(default_factory=list)
-    # The radio to show selected: the staff's choice, else the exact match.
+    # The radio to show selected: the staff's own choice (never made for them).
     selected: str = ""
     # The patient the form was opened for ("Record another session"), if any.
     patient: Patient | None = None
@@ -69,9 +69,10 @@ def course_view(
             view.patient = patient
             if all(m.patient.id != chosen for m in view.matches):
                 view.matches.insert(0, _as_match(db_session, patient))
+    view.selected = values.patient_choice
+    # What the session would replace: for the patient chosen, else the one it would join.
     exact = next((m.patient.id for m in view.matches if m.exact), None)
-    view.selected = values.patient_choice or (str(exact) if exact else "")
-    target = int(view.selected) if view.selected.isdigit() else None
+    target = values.chosen_patient_id or (exact if not values.patient_choice else None)
     if target is not None and treated_at is not None and values.regimen in rt.registry.ids():
         view.replaces = _replaces(connection, rt, target, values.regimen, treated_at)
     flag_id = values.flag_id
