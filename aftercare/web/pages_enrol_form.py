@@ -47,6 +47,9 @@ LABELS: Final = {
 INSTEAD: Final = {
     "consent": "Confirm that the patient agrees to receive aftercare messages",
     "contra-no-dvt": "Confirm all four contraindication checks with the patient",
+    "patient_choice": (
+        "This may be a patient you already know: choose them below, or choose a new patient"
+    ),
 }
 # A row id as a form sends it (at most 2**31 - 1).
 _ID: Final = re.compile(r"[1-9][0-9]{0,8}")

@@ -24,6 +24,7 @@ from tests.browser.conftest import NOW, LiveApp, log_in, screenshot
 from tests.factories import enrol
 
 NAME = "Sam Lee"
+TREATED = NOW - timedelta(days=58)
 PHONE = "07911 123458"
 CHECKS = (
     "No history of deep vein thrombosis",
@@ -54,11 +55,12 @@ def _play(app: LiveApp, until: object) -> None:
 
 @pytest.fixture(scope="module")
 def returning(live_app: LiveApp) -> Iterator[int]:
-    """Sam Lee, treated 11 weeks before NOW; the check-in went out, Sam answered "2" (still
-    fading) and asked for another session (a booking_request flag). Their patient id."""
+    """Sam Lee, treated 58 days before NOW with the check-in at week 8; it went out, Sam
+    answered "2" (still fading) and asked for another session (a booking_request flag); the
+    last sun advice is still to come. Their patient id."""
     clock = live_app.rt.clock
     assert isinstance(clock, FixedClock)
-    treated = NOW - timedelta(weeks=11)
+    treated = TREATED
     clock.set(treated)
     session_id = enrol(
         live_app.rt,
@@ -66,10 +68,10 @@ def returning(live_app: LiveApp) -> Iterator[int]:
         phone=PHONE,
         email="sam.lee@example.org",
         treated_at=treated.isoformat(),
-        parameters={"daily_days": 7},
+        parameters={"daily_days": 7, "checkin_week": 8},
     )
-    _play(live_app, NOW - timedelta(days=3))
-    clock.set(NOW - timedelta(days=2))
+    _play(live_app, NOW - timedelta(days=1))
+    clock.set(NOW - timedelta(days=1))
     replies = Replies(
         renderer=live_app.rt.renderer,
         clinic_name=live_app.rt.settings.clinic_name,
@@ -129,7 +131,7 @@ def test_booking_request_is_recorded_as_another_session_and_the_patient_page_tel
     _confirm_checks(page)
     page.get_by_role("button", name="Preview timeline").click()
     replaces = page.locator("#preview .replaces")
-    treated = (NOW - timedelta(weeks=11)).astimezone(ZoneInfo("Europe/London"))
+    treated = TREATED.astimezone(ZoneInfo("Europe/London"))
     expect(replaces).to_contain_text(re.compile(r"Replaces \d+ reminders? of the session on "))
     expect(replaces).to_contain_text(f"{treated.day} {treated:%B}")
     screenshot(page, "10-record-another-session", docs=True)
@@ -154,7 +156,9 @@ def test_booking_request_is_recorded_as_another_session_and_the_patient_page_tel
     expect(older.get_by_role("heading", level=2)).to_contain_text("Session 1")
     expect(older).to_contain_text("Replaced")
     expect(older).to_contain_text("superseded by session")
-    screenshot(page, "11-patient-course", docs=True, full_page=True)
+    screenshot(page, "11-patient-course-full", full_page=True)
+    course.scroll_into_view_if_needed()
+    screenshot(page, "11-patient-course", docs=True)
 
     # "Record another session" from the patient page opens the form filled in.
     page.get_by_role("link", name="Record another session").click()
@@ -180,6 +184,7 @@ def test_record_form_warns_of_a_known_patient_and_staff_choose(
     expect(known).to_contain_text(NAME)
     expect(known).to_contain_text("same person")
     expect(page.locator(f"#patient-choice-{returning}")).not_to_be_checked()
+    known.scroll_into_view_if_needed()
     screenshot(page, "12-record-known-patient", docs=True)
     assert _sessions_of(live_app, returning) == before  # nothing saved yet
 
