@@ -6,7 +6,6 @@ Screenshots are saved (see conftest); the one of a patient with two sessions is 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -54,7 +53,7 @@ def _play(app: LiveApp, until: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def returning(live_app: LiveApp) -> Iterator[int]:
+def returning(live_app: LiveApp) -> int:
     """Sam Lee, treated 58 days before NOW with the check-in at week 8; it went out, Sam
     answered "2" (still fading) and asked for another session (a booking_request flag); the
     last sun advice is still to come. Their patient id."""
@@ -96,7 +95,7 @@ def returning(live_app: LiveApp) -> Iterator[int]:
             now=clock.now(),
         )
     clock.set(NOW)
-    yield patient_id
+    return patient_id
 
 
 def _confirm_checks(page: Page) -> None:
@@ -108,10 +107,7 @@ def _confirm_checks(page: Page) -> None:
 def _sessions_of(app: LiveApp, patient_id: int) -> int:
     with app.rt.db.session() as s:
         return int(
-            s.scalar(
-                select(func.count()).where(TreatmentSession.patient_id == patient_id)
-            )
-            or 0
+            s.scalar(select(func.count()).where(TreatmentSession.patient_id == patient_id)) or 0
         )
 
 
