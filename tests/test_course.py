@@ -9,6 +9,7 @@ delivery (outbox transports), in process.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from tests.factories import PATIENT_EMAIL, PATIENT_NAME, session_request
 from tests.test_api import Api, make_api
 from tests.test_cli import Aftercare, aftercare, enrol_args, succeeded
 from tests.test_delivery import claim_all, deliver_all, sent_log
+from tests.test_pages import Pages, pages, text_of
 
 T0 = datetime.fromisoformat("2026-03-02T10:30:00+00:00")
 LONDON = ZoneInfo("Europe/London")
@@ -416,7 +418,9 @@ def test_preview_names_what_a_new_session_would_replace(runtime: Runtime) -> Non
     assert [(r.session.id, r.by_new) for r in older] == [(first.session.id, False)]
 
 
-def test_regimen_without_a_course_section_never_supersedes(runtime: Runtime) -> None:
+def test_shipped_regimen_is_superseded_only_by_a_session_of_the_same_regimen(
+    runtime: Runtime,
+) -> None:
     regimen = runtime.registry.get("micro-sclerotherapy")
     assert regimen.superseded_by("micro-sclerotherapy") == regimen.course.supersede  # type: ignore[union-attr]
     assert regimen.superseded_by("another-regimen") == frozenset()
@@ -494,4 +498,76 @@ def test_recording_the_session_a_booking_request_asked_for_resolves_and_links_it
         assert s.scalar(select(func.count()).select_from(TreatmentSession)) == 2
 
 
-__all__ = ["aftercare"]  # the CLI fixture, used by name
+__all__ = ["aftercare", "pages"]  # fixtures, used by name
+
+
+# --- Staff pages ---------------------------------------------------------------------------------
+
+
+def test_record_form_saves_only_once_staff_choose_a_known_patient_or_a_new_one(
+    pages: Pages,
+) -> None:
+    first = pages.enrol()
+    assert first.status_code == 303
+    patient_id = int(first.headers["location"].split("/patients/")[1].split("?")[0])
+    before = pages.counts()
+
+    unanswered = pages.enrol(name="philippa  quennell", treated_time="11:00")
+
+    assert unanswered.status_code == 422
+    assert "This may be a patient you already know" in text_of(unanswered)
+    assert f'id="patient-choice-{patient_id}"' in unanswered.text
+    assert "same person" in text_of(unanswered)
+    assert re.search(r"Replaces \d+ reminders of the session on 2 March", text_of(unanswered))
+    assert pages.counts() == before
+
+    chosen = pages.enrol(
+        name="philippa  quennell", treated_time="11:00", patient_choice=str(patient_id)
+    )
+    assert chosen.status_code == 303
+    assert chosen.headers["location"] == f"/patients/{patient_id}?done=course"
+    relative = pages.enrol(name="Rosa Quennell", treated_time="11:30", patient_choice="new")
+    assert relative.status_code == 303
+    assert relative.headers["location"] != f"/patients/{patient_id}?done=enrolled"
+    with pages.rt.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Patient)) == 2
+        by_patient = Counter(s.scalars(select(TreatmentSession.patient_id)))
+    assert by_patient[patient_id] == 2
+
+    page = pages.client.get(f"/patients/{patient_id}")
+    text = text_of(page)
+    assert "Course of treatment 2 sessions" in text
+    assert "replaced by a later session" in text
+    assert "Record another session" in text
+    another = pages.client.get(f"/sessions/new?patient={patient_id}")
+    assert 'value="Philippa Quennell"' in another.text
+    assert "Record another session for Philippa Quennell" in text_of(another)
+
+
+def test_dashboard_counts_sessions_by_checkin_outcome_this_month_and_all_time(
+    pages: Pages,
+) -> None:
+    ids = [
+        record(pages.rt, at=T0, name=f"Patient {n}", phone=f"07911 12346{n}").session.id
+        for n in range(4)
+    ]
+    answered = [
+        ("1", T0 - timedelta(days=40)),  # last month
+        ("2", T0 - timedelta(days=1)),
+        ("2", T0 - timedelta(days=40)),
+        ("3", T0 - timedelta(hours=1)),
+    ]
+    with pages.rt.db.session() as s:
+        for session_id, (answer, at) in zip(ids, answered, strict=True):
+            stored = s.get_one(TreatmentSession, session_id)
+            stored.checkin_answer = answer
+            stored.checkin_outcome = course.checkin_outcome(answer)
+            stored.checkin_answered_at = at
+
+    text = text_of(pages.client.get("/"))
+
+    assert "Check-in outcomes" in text
+    assert "Faded well 0 1" in text
+    assert "Still fading 1 2" in text
+    assert "Still dark, painful or worried 1 1" in text
+    assert "Answered 2 4" in text
