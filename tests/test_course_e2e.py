@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from aftercare.cli.demo import play
 from aftercare.reminders import states
@@ -52,9 +52,15 @@ def _two_sessions_three_weeks_apart(
     recorded: list[tuple[int, datetime]] = []
 
     def record_the_second(now: datetime) -> None:
-        # Recorded at the first moment of the played regimen three weeks after the first.
-        if not recorded and now >= SECOND:
-            recorded.append((_record(stack, now), now))
+        # Once the first session's next message is later than three weeks, the clock moves to
+        # exactly three weeks and the second session is recorded then.
+        with stack.rt.db.session() as s:
+            next_due = s.scalar(
+                select(func.min(Reminder.due_at)).where(Reminder.state == states.SCHEDULED)
+            )
+        if not recorded and (next_due is None or next_due > SECOND):
+            stack.clock.set(SECOND)
+            recorded.append((_record(stack, SECOND), SECOND))
 
     play(stack.rt, stack.clock, on_step=record_the_second, step_timeout=90)
 
