@@ -48,6 +48,16 @@ def create_session(
     The session is added to a known patient (``patient_id``, or the same phone or email and
     name); a later session of the same regimen supersedes what an earlier one has not sent."""
     _refuse_unconvertible_instant(body.treated_at)
+    if body.patient is None and body.patient_id is None:
+        raise field_errors(
+            [FieldError(("patient",), "Field required (or patient_id for a known patient)")],
+            prefix=("body",),
+        )
+    if body.patient is not None and body.patient_id is not None:
+        raise field_errors(
+            [FieldError(("patient_id",), "give patient or patient_id, not both")],
+            prefix=("body",),
+        )
     patient = body.patient
     request = SessionRequest(
         name=patient.name if patient else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Instant = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ChannelName = Literal["sms", "email"]
@@ -98,12 +98,6 @@ class SessionIn(_In):
     contraindications_checked: bool = Field(
         description="Staff confirmed the contraindication checklist (must be true)."
     )
-
-    @model_validator(mode="after")
-    def _one_patient(self) -> SessionIn:
-        if (self.patient is None) == (self.patient_id is None):
-            raise ValueError("give either patient or patient_id")
-        return self
 
 
 class PlannedReminderOut(BaseModel):
