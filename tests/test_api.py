@@ -214,7 +214,8 @@ def test_audit_log_is_for_admins_only(api: Api) -> None:
 def test_enrol_answers_201_with_the_planned_timeline_in_the_patients_zone(api: Api) -> None:
     body = api.enrol(patient__timezone="America/New_York")
 
-    assert set(body) == {"id", "patient_id", "reminders"}
+    assert set(body) == {"id", "patient_id", "matched_existing", "reminders"}
+    assert body["matched_existing"] is False
     assert all(set(r) == REMINDER_KEYS for r in body["reminders"])
     first_wear = next(r for r in body["reminders"] if r["step"] == "daily-wear")
     assert first_wear["due_local"].endswith("-05:00")

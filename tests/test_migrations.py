@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.command import downgrade
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from aftercare.storage.db import Database
 from aftercare.storage.migrate import alembic_config, upgrade
@@ -60,6 +60,7 @@ def test_reminder_index_migration_when_downgraded_and_upgraded_then_the_schema_m
     downgrade(alembic_config(sqlite_url), "0003")
     db = Database(sqlite_url)
     try:
+        assert "ix_reminders_session_id" in _reminder_indexes(db)
         tables = set(inspect(db.engine).get_table_names())
         assert "login_attempts" in tables
         assert "login_throttle" not in tables
@@ -82,5 +83,47 @@ def test_worker_lease_migration_when_downgraded_and_upgraded_then_the_schema_mat
         upgrade(url)
         assert _differences(db) == []
         assert "worker_leases" in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
+
+
+def test_course_migration_when_upgraded_then_stored_checkin_answers_become_outcomes(
+    database_url: str,
+) -> None:
+    config = alembic_config(database_url)
+    downgrade(config, "0004")
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as connection:
+            patient = connection.execute(
+                text(
+                    "INSERT INTO patients (public_id, name, timezone, channels, created_at) "
+                    "VALUES ('p1', 'A', 'Europe/London', 'sms', '2026-03-02 10:00:00') "
+                    "RETURNING id"
+                )
+            ).scalar_one()
+            for answer in ("1", "2", "3", "free text"):
+                connection.execute(
+                    text(
+                        "INSERT INTO treatment_sessions (patient_id, regimen_id, regimen_version,"
+                        " treated_at, recorded_at, timezone, parameters, channels, status,"
+                        " consent, contraindications_checked, checkin_answer) VALUES (:p,"
+                        " 'micro-sclerotherapy', 1, '2026-03-02 10:00:00', '2026-03-02 10:00:00',"
+                        " 'Europe/London', '{}', 'sms', 'completed', true, true, :a)"
+                    ),
+                    {"p": patient, "a": answer},
+                )
+        upgrade(database_url)
+        with db.engine.connect() as connection:
+            outcomes = connection.execute(
+                text("SELECT checkin_answer, checkin_outcome FROM treatment_sessions ORDER BY id")
+            ).all()
+        assert [tuple(row) for row in outcomes] == [
+            ("1", "faded"),
+            ("2", "fading"),
+            ("3", "dark_or_worried"),
+            ("free text", None),
+        ]
+        assert _differences(db) == []
     finally:
         db.dispose()

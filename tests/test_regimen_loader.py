@@ -306,3 +306,56 @@ def test_parse_regimen_when_malformed_then_error_names_file_key_line_and_reason(
     assert (error.file, error.key or "<root>", error.line) == ("bad.yaml", key, line)
     assert reason in error.reason
     assert str(error).startswith(f"bad.yaml:{line}: {key}: ")
+
+
+COURSE_BASE = """
+id: demo
+name: Demo
+version: 1
+steps:
+  - id: hello
+    title: Hello
+    at: {elapsed: 0h}
+    channels: [sms]
+"""
+
+
+def test_course_when_declared_then_names_the_steps_a_later_session_supersedes() -> None:
+    regimen = parse_regimen(COURSE_BASE + "course: {same_as: [demo], supersede: [hello]}\n")
+
+    assert regimen.superseded_by("demo") == frozenset({"hello"})
+    assert regimen.superseded_by("other") == frozenset()
+    assert parse_regimen(COURSE_BASE).superseded_by("demo") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("course", "key", "reason"),
+    [
+        ("course: [hello]", "course", "must be a mapping"),
+        ("course: {supersede: [nope]}", "course.supersede[0]", "'nope' is not a step"),
+        ("course: {supersede: []}", "course.supersede", "non-empty list"),
+        ("course: {supersede: [hello, hello]}", "course.supersede", "lists a step twice"),
+        ("course: {same_as: [Bad Id], supersede: [hello]}", "course.same_as[0]", "identifier"),
+        ("course: {supersede: [hello], extra: 1}", "course.extra", "unknown key"),
+    ],
+)
+def test_course_when_malformed_then_refused_naming_the_key(
+    course: str, key: str, reason: str
+) -> None:
+    with pytest.raises(RegimenError) as caught:
+        parse_regimen(COURSE_BASE + course + "\n", file="demo.yaml")
+
+    assert caught.value.key == key
+    assert reason in caught.value.reason
+    assert caught.value.line is not None
+
+
+def test_course_same_as_an_unknown_regimen_is_refused_when_the_folder_is_loaded(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "demo.yaml").write_text(
+        COURSE_BASE + "course: {same_as: [elsewhere], supersede: [hello]}\n"
+    )
+
+    with pytest.raises(RegimenError, match="'elsewhere' is not a loaded regimen"):
+        RegimenRegistry.load(tmp_path)

@@ -105,7 +105,9 @@ def import_command(
 
     with _progress("Storing", len(checked.good)) as advance:
         try:
-            imported = importer.store(checked.good, db=rt.db, now=now, progress=advance)
+            imported = importer.store(
+                checked.good, db=rt.db, now=now, progress=advance, registry=registry
+            )
         except importer.ImportInterrupted as exc:
             _stop(
                 f"the database failed after {exc.stored} of {len(checked.good)} sessions were "

@@ -169,8 +169,10 @@ def enrol(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Record a treatment session and plan its reminders (staff confirm consent and the
-    contraindication checklist by running this)."""
-    from aftercare.sessions.service import SessionRequest, record_session, validate_request
+    contraindication checklist by running this). A patient already known (same phone, or email
+    when there is none, and name) gets the session added to their course."""
+    from aftercare.sessions.actions import enrol_planned
+    from aftercare.sessions.service import SessionRequest, validate_request
 
     rt = _runtime()
     registry = _registry(rt)
@@ -191,18 +193,29 @@ def enrol(
         fail_validation(exc)
     _ensure_schema(rt)
     with rt.db.session() as db_session:
-        session = record_session(db_session=db_session, valid=valid, now=now)
-        session_id, patient_id = session.id, session.patient_id
+        enrolled = enrol_planned(
+            db_session=db_session,
+            request=request,
+            registry=registry,
+            quiet=rt.quiet,
+            now=now,
+            actor_id=None,
+        )
+        session_id, patient_id = enrolled.session.id, enrolled.session.patient_id
     zone = ZoneInfo(valid.timezone)
     if as_json:
         out = {
             "id": session_id,
             "patient_id": patient_id,
+            "matched_existing": enrolled.matched_existing,
             "reminders": _timeline_rows(valid.plan, zone),
         }
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(f"Recorded session {session_id} for patient {patient_id}.")
+    known = " (already known: added to their course)" if enrolled.matched_existing else ""
+    typer.echo(f"Recorded session {session_id} for patient {patient_id}{known}.")
+    for superseded_id, count in sorted(enrolled.superseded.items()):
+        typer.echo(f"Superseded {count} reminders of session {superseded_id}.")
     _print_table(valid.plan, zone)
 
 

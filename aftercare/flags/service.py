@@ -16,6 +16,7 @@ KINDS: Final = (
     "urgent_reply",
     "checkin_concern",
     "unrecognised_reply",
+    "booking_request",
     "delivery_failed",
     "stale_reminder",
 )

@@ -23,6 +23,7 @@ from aftercare.flags.service import raise_flag
 from aftercare.inbound.keywords import CONCERNING_ANSWER, Classification, classify
 from aftercare.messages.context import CHECKIN_STEP
 from aftercare.messages.render import MessageRenderer, TemplateError
+from aftercare.sessions.course import checkin_outcome
 from aftercare.storage.models import InboundMessage, Patient, Reminder, TreatmentSession
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,7 @@ def _checkin(ctx: _Context, found: Classification, quoted: str) -> str | None:
     )
     if asked and ctx.session is not None:
         ctx.session.checkin_answer = answer
+        ctx.session.checkin_outcome = checkin_outcome(answer)
         ctx.session.checkin_answered_at = ctx.now
     if answer == CONCERNING_ANSWER:
         _flag(

@@ -17,6 +17,7 @@ import yaml
 from aftercare.regimens.model import (
     CHANNELS,
     Channel,
+    Course,
     DayTime,
     Elapsed,
     IntRef,
@@ -106,7 +107,7 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
     _refuse_duplicate_keys(ctx, root, [], set())
     if not isinstance(data, dict):
         raise ctx.fail([], "must be a mapping with id, name, version, parameters and steps")
-    _only(ctx, [], data, {"id", "name", "version", "parameters", "steps", "descriptions"})
+    _only(ctx, [], data, {"id", "name", "version", "parameters", "steps", "descriptions", "course"})
     regimen_id = _ident(ctx, ["id"], data.get("id"))
     name = _text(ctx, ["name"], data.get("name"))
     version = data.get("version")
@@ -121,6 +122,7 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         isinstance(k, str) and isinstance(v, str) for k, v in descriptions.items()
     ):
         raise ctx.fail(["descriptions"], "must map names to text")
+    course = _course(ctx, data["course"], regimen_id, steps) if "course" in data else None
     return Regimen(
         id=regimen_id,
         name=name,
@@ -129,7 +131,33 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         steps=steps,
         source=file,
         descriptions=cast(dict[str, str], descriptions),
+        course=course,
     )
+
+
+def _course(ctx: _Ctx, data: Any, regimen_id: str, steps: tuple[Step, ...]) -> Course:
+    """``course: {same_as: [ids], supersede: [step ids]}``: what a later session replaces."""
+    path: list[str | int] = ["course"]
+    if not isinstance(data, dict):
+        raise ctx.fail(path, "must be a mapping with same_as and supersede")
+    _only(ctx, path, data, {"same_as", "supersede"})
+    same_as = data.get("same_as", [regimen_id])
+    if not isinstance(same_as, list) or not same_as:
+        raise ctx.fail([*path, "same_as"], "must be a non-empty list of regimen ids")
+    for index, other in enumerate(same_as):
+        _ident(ctx, [*path, "same_as", index], other)
+    supersede = data.get("supersede")
+    if not isinstance(supersede, list) or not supersede:
+        raise ctx.fail([*path, "supersede"], "must be a non-empty list of this regimen's steps")
+    known = {step.id for step in steps}
+    for index, step_id in enumerate(supersede):
+        if step_id not in known:
+            raise ctx.fail(
+                [*path, "supersede", index], f"{step_id!r} is not a step of this regimen"
+            )
+    if len(set(supersede)) != len(supersede):
+        raise ctx.fail([*path, "supersede"], "lists a step twice")
+    return Course(same_as=frozenset([regimen_id, *same_as]), supersede=frozenset(supersede))
 
 
 def _refuse_duplicate_keys(
@@ -411,6 +439,12 @@ class RegimenRegistry:
             if regimen.id != path.stem:
                 raise RegimenError(str(path), "id", f"must match the file name ({path.stem!r})")
             regimens[regimen.id] = regimen
+        for regimen in regimens.values():
+            unknown = sorted((regimen.course.same_as if regimen.course else set()) - set(regimens))
+            if unknown:
+                raise RegimenError(
+                    regimen.source, "course.same_as", f"{unknown[0]!r} is not a loaded regimen"
+                )
         return cls(regimens)
 
     def get(self, regimen_id: str) -> Regimen:

@@ -136,6 +136,16 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Course:
+    """How this regimen's sessions make a course of treatment: a later session of one of the
+    ``same_as`` regimens (this one included) supersedes an earlier session's reminders, not yet
+    sent, of the ``supersede`` steps."""
+
+    same_as: frozenset[str]
+    supersede: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Regimen:
     id: str
     name: str
@@ -144,6 +154,15 @@ class Regimen:
     steps: tuple[Step, ...]
     source: str = ""
     descriptions: dict[str, str] = field(default_factory=dict)
+    # None: each session runs its whole plan, whatever later sessions there are.
+    course: Course | None = None
+
+    def superseded_by(self, later_regimen_id: str) -> frozenset[str]:
+        """The steps of a session of this regimen that a later session of
+        ``later_regimen_id`` supersedes (none when they are not the same regimen)."""
+        if self.course is None or later_regimen_id not in self.course.same_as:
+            return frozenset()
+        return self.course.supersede
 
     def resolve_parameters(self, given: dict[str, object] | None) -> dict[str, int | str]:
         """Defaults filled in and every value checked; unknown names are refused."""

@@ -26,24 +26,31 @@ CANCELLED: Final = "cancelled"
 SKIPPED: Final = "skipped"
 EXPIRED: Final = "expired"
 PAUSED: Final = "paused"
+# Replaced by a later session of the same regimen (the reason names it): never sent, final.
+SUPERSEDED: Final = "superseded"
 
-FINAL: Final = frozenset({DELIVERED, FAILED, CANCELLED, SKIPPED, EXPIRED})
+FINAL: Final = frozenset({DELIVERED, FAILED, CANCELLED, SKIPPED, EXPIRED, SUPERSEDED})
 # Reminders that have not yet been handed to a provider.
 PENDING: Final = frozenset({SCHEDULED, QUEUED, PAUSED})
 
 ALLOWED: Final[dict[str, frozenset[str]]] = {
-    SCHEDULED: frozenset({QUEUED, CANCELLED, SKIPPED, EXPIRED, PAUSED}),
-    QUEUED: frozenset({SENDING, SCHEDULED, CANCELLED, EXPIRED, PAUSED, SKIPPED, FAILED}),
+    SCHEDULED: frozenset({QUEUED, CANCELLED, SKIPPED, EXPIRED, PAUSED, SUPERSEDED}),
+    # queued -> superseded: a send task already on the broker then finds it not queued.
+    QUEUED: frozenset(
+        {SENDING, SCHEDULED, CANCELLED, EXPIRED, PAUSED, SKIPPED, FAILED, SUPERSEDED}
+    ),
     # sending -> scheduled: a transient failure (or a reconciled lost send) is retried later.
     SENDING: frozenset({SENT, FAILED, SCHEDULED}),
     SENT: frozenset({DELIVERED, FAILED}),
     # A late "delivered" callback may follow "failed"/"undelivered" from an earlier hop.
     FAILED: frozenset({DELIVERED}),
-    PAUSED: frozenset({SCHEDULED, CANCELLED, SKIPPED, EXPIRED}),
+    PAUSED: frozenset({SCHEDULED, CANCELLED, SKIPPED, EXPIRED, SUPERSEDED}),
     DELIVERED: frozenset(),
     CANCELLED: frozenset(),
     SKIPPED: frozenset(),
     EXPIRED: frozenset(),
+    # Final: nothing (a resume, a re-plan, a late enrolment) brings it back.
+    SUPERSEDED: frozenset(),
 }
 
 

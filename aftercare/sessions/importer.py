@@ -22,11 +22,12 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Json, Jsonb
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
+from aftercare.sessions import course
 from aftercare.sessions.pgcopy import (
     column_types,
     copy_reminders,
@@ -361,18 +362,28 @@ def store(
     now: datetime,
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
+    registry: RegimenRegistry | None = None,
 ) -> int:
     """Store every good row (patient, session, reminders, audit event), one transaction per
-    chunk; the number of sessions stored. Raises ImportInterrupted if the database fails."""
+    chunk; the number of sessions stored. Raises ImportInterrupted if the database fails.
+
+    A row for a patient already known (stored before, or in an earlier row: same phone, or
+    email when there is none, and name) adds its session to that patient, whose course is then
+    settled (a later session supersedes what an earlier one has not sent). ``registry`` names
+    the regimens of sessions already stored; by default only the file's own are known."""
+    if registry is None:
+        registry = RegimenRegistry({g.valid.regimen.id: g.valid.regimen for g in good})
     stored = 0
     for start in range(0, len(good), chunk_size):
         chunk = good[start : start + chunk_size]
         try:
             with db.engine.begin() as connection:
+                owners = _owners(connection, chunk)
                 if db.is_postgres:
-                    _copy_chunk(connection, chunk, now=now)
+                    _copy_chunk(connection, chunk, owners, now=now)
                 else:
-                    _insert_chunk(connection, chunk, now=now)
+                    _insert_chunk(connection, chunk, owners, now=now)
+                _settle(connection, chunk, owners, registry=registry, now=now)
         except (SQLAlchemyError, psycopg.Error) as exc:
             # The driver's first line only: SQLAlchemy's own text repeats the parameters, which
             # are patient data.
@@ -385,7 +396,113 @@ def store(
     return stored
 
 
-def _audit_values(good: GoodRow, patient_id: int, session_id: int, now: datetime) -> dict[str, Any]:
+@dataclass
+class _Owners:
+    """Whose each row of a chunk is: a known patient's id, or the index of a new patient (the
+    first row of the chunk for that person creates them)."""
+
+    known: list[int | None]
+    new_of: list[int | None]
+    new_rows: list[GoodRow]
+    # Filled in once the new patients are stored: each row's patient id.
+    patient_ids: list[int] = field(default_factory=list)
+
+    def resolve(self, new_ids: Sequence[int]) -> list[int]:
+        ids: list[int] = []
+        for known, index in zip(self.known, self.new_of, strict=True):
+            if known is not None:
+                ids.append(known)
+            else:
+                assert index is not None
+                ids.append(new_ids[index])
+        self.patient_ids = ids
+        return ids
+
+
+def _person(valid: ValidSession) -> tuple[str, str, str] | None:
+    if valid.phone:
+        return ("phone", valid.phone, course.name_key(valid.name))
+    if valid.email:
+        return ("email", valid.email.casefold(), course.name_key(valid.name))
+    return None
+
+
+def _owners(connection: Connection, chunk: Sequence[GoodRow]) -> _Owners:
+    """Match each row to a known patient (one query for the chunk), or to the new patient an
+    earlier row of the chunk creates."""
+    phones = {g.valid.phone for g in chunk if g.valid.phone}
+    emails = {g.valid.email.casefold() for g in chunk if not g.valid.phone and g.valid.email}
+    stored: dict[tuple[str, str, str], int] = {}
+    if phones or emails:
+        rows = connection.execute(
+            select(Patient.id, Patient.name, Patient.phone, Patient.email)
+            .where(
+                or_(Patient.phone.in_(phones), func.lower(Patient.email).in_(emails)),
+                Patient.erased_at.is_(None),
+            )
+            .order_by(Patient.id.desc())
+        )
+        for pid, name, phone, email in rows:
+            if phone:
+                stored[("phone", phone, course.name_key(name))] = pid
+            elif email:
+                stored[("email", email.casefold(), course.name_key(name))] = pid
+    owners = _Owners(known=[], new_of=[], new_rows=[])
+    created: dict[tuple[str, str, str], int] = {}
+    for good in chunk:
+        person = _person(good.valid)
+        if person is not None and person in stored:
+            owners.known.append(stored[person])
+            owners.new_of.append(None)
+        elif person is not None and person in created:
+            owners.known.append(None)
+            owners.new_of.append(created[person])
+        else:
+            if person is not None:
+                created[person] = len(owners.new_rows)
+            owners.known.append(None)
+            owners.new_of.append(len(owners.new_rows))
+            owners.new_rows.append(good)
+    return owners
+
+
+def _settle(
+    connection: Connection,
+    chunk: Sequence[GoodRow],
+    owners: _Owners,
+    *,
+    registry: RegimenRegistry,
+    now: datetime,
+) -> None:
+    """Settle the course of every patient with more than one session after this chunk."""
+    counts = Counter(owners.patient_ids)
+    known = {pid for pid in owners.known if pid is not None}
+    for patient_id in sorted(pid for pid, n in counts.items() if n > 1 or pid in known):
+        rows = [g for g, pid in zip(chunk, owners.patient_ids, strict=True) if pid == patient_id]
+        if patient_id in known:
+            _complete_contact(connection, patient_id, rows)
+        course.settle_course(connection, patient_id=patient_id, registry=registry, now=now)
+
+
+def _complete_contact(connection: Connection, patient_id: int, rows: Sequence[GoodRow]) -> None:
+    """A known patient gains a contact detail or channel their new sessions need."""
+    patient = connection.execute(
+        select(Patient.phone, Patient.email, Patient.channels).where(Patient.id == patient_id)
+    ).one()
+    chosen = [c for c in patient.channels.split(",") if c]
+    for good in rows:
+        chosen += [c for c in good.valid.channels if c not in chosen]
+    values: dict[str, Any] = {"channels": ",".join(chosen)}
+    if patient.phone is None:
+        values["phone"] = next((g.valid.phone for g in rows if g.valid.phone), None)
+    if patient.email is None:
+        values["email"] = next((g.valid.email for g in rows if g.valid.email), None)
+    connection.execute(update(Patient).where(Patient.id == patient_id).values(**values))
+
+
+def _audit_values(
+    good: GoodRow, patient_id: int, session_id: int, now: datetime, *, matched: bool
+) -> dict[str, Any]:
     return {
         "at": now,
         "actor_id": None,
@@ -396,16 +513,24 @@ def _audit_values(good: GoodRow, patient_id: int, session_id: int, now: datetime
             "regimen": good.valid.regimen.id,
             "channels": list(good.valid.channels),
             "row": good.row,
+            "matched_existing": matched,
         },
     }
 
 
-def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: datetime) -> None:
+def _insert_chunk(
+    connection: Connection, chunk: Sequence[GoodRow], owners: _Owners, *, now: datetime
+) -> None:
     """Any backend: multi-row INSERTs, RETURNING the new ids in the rows' order."""
-    patient_ids = connection.scalars(
-        insert(Patient).returning(Patient.id, sort_by_parameter_order=True),
-        [patient_values(good.valid, now) for good in chunk],
-    ).all()
+    new_ids = (
+        connection.scalars(
+            insert(Patient).returning(Patient.id, sort_by_parameter_order=True),
+            [patient_values(good.valid, now) for good in owners.new_rows],
+        ).all()
+        if owners.new_rows
+        else []
+    )
+    patient_ids = owners.resolve(new_ids)
     session_ids = connection.scalars(
         insert(TreatmentSession).returning(TreatmentSession.id, sort_by_parameter_order=True),
         [
@@ -424,8 +549,10 @@ def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: date
     connection.execute(
         insert(AuditEvent),
         [
-            _audit_values(good, patient_id, session_id, now)
-            for good, patient_id, session_id in zip(chunk, patient_ids, session_ids, strict=True)
+            _audit_values(good, patient_id, session_id, now, matched=known is not None)
+            for good, patient_id, session_id, known in zip(
+                chunk, patient_ids, session_ids, owners.known, strict=True
+            )
         ],
     )
 
@@ -435,20 +562,24 @@ def _insert_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: date
 # each encoded in C, and takes the new ids from the sequences beforehand.
 
 
-def _copy_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: datetime) -> None:
+def _copy_chunk(
+    connection: Connection, chunk: Sequence[GoodRow], owners: _Owners, *, now: datetime
+) -> None:
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     with driver.cursor() as cursor:
-        patient_ids = _next_ids(cursor, "patients", len(chunk))
+        new_ids = _next_ids(cursor, "patients", len(owners.new_rows)) if owners.new_rows else []
+        patient_ids = owners.resolve(new_ids)
         session_ids = _next_ids(cursor, "treatment_sessions", len(chunk))
-        _copy_values(
-            cursor,
-            "patients",
-            [
-                {"id": patient_id, **patient_values(good.valid, now)}
-                for good, patient_id in zip(chunk, patient_ids, strict=True)
-            ],
-        )
+        if owners.new_rows:
+            _copy_values(
+                cursor,
+                "patients",
+                [
+                    {"id": patient_id, **patient_values(good.valid, now)}
+                    for good, patient_id in zip(owners.new_rows, new_ids, strict=True)
+                ],
+            )
         _copy_values(
             cursor,
             "treatment_sessions",
@@ -464,9 +595,9 @@ def _copy_chunk(connection: Connection, chunk: Sequence[GoodRow], *, now: dateti
             cursor,
             "audit_log",
             [
-                _audit_values(good, patient_id, session_id, now)
-                for good, patient_id, session_id in zip(
-                    chunk, patient_ids, session_ids, strict=True
+                _audit_values(good, patient_id, session_id, now, matched=known is not None)
+                for good, patient_id, session_id, known in zip(
+                    chunk, patient_ids, session_ids, owners.known, strict=True
                 )
             ],
         )

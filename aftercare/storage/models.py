@@ -50,7 +50,8 @@ class Patient(Base):
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     phone: Mapped[str | None] = mapped_column(String(20), index=True)
-    email: Mapped[str | None] = mapped_column(String(254))
+    # Indexed: a patient with no phone is recognised by their email (a course of treatment).
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
     timezone: Mapped[str] = mapped_column(String(64))
     channels: Mapped[str] = mapped_column(String(32))
     sms_opted_out_at: Mapped[datetime | None]
@@ -88,6 +89,8 @@ class TreatmentSession(Base):
     contraindications_checked: Mapped[bool] = mapped_column(Boolean)
     checkin_answer: Mapped[str | None] = mapped_column(String(32))
     checkin_answered_at: Mapped[datetime | None]
+    # The check-in answer as an outcome: faded | fading | dark_or_worried (sessions.course).
+    checkin_outcome: Mapped[str | None] = mapped_column(String(16))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
     paused_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
@@ -102,7 +105,8 @@ class Reminder(Base):
     """One planned message: a step occurrence on one channel.
 
     States: scheduled -> queued -> sending -> sent -> delivered, or failed | cancelled |
-    skipped | expired, plus ``paused`` while its session is paused. Every change is a guarded
+    skipped | expired | superseded (by a later session of the same regimen), plus ``paused``
+    while its session is paused. Every change is a guarded
     UPDATE (``WHERE state = <expected>``), so a task that runs twice changes nothing the second
     time.
     """
@@ -213,7 +217,8 @@ class Flag(Base):
     session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
     reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
-    # urgent_reply | checkin_concern | unrecognised_reply | delivery_failed | stale_reminder
+    # urgent_reply | checkin_concern | unrecognised_reply | booking_request | delivery_failed |
+    # stale_reminder
     kind: Mapped[str] = mapped_column(String(32))
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     text: Mapped[str] = mapped_column(Text)
@@ -221,6 +226,8 @@ class Flag(Base):
     resolved_at: Mapped[datetime | None]
     resolved_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
     resolution_note: Mapped[str | None] = mapped_column(Text)
+    # A booking_request resolved by recording the session it asked for: that session.
+    booked_session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
 
     __table_args__ = (
         Index(

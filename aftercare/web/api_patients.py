@@ -88,7 +88,12 @@ def patient_out(db_session: Session, patient: Patient) -> PatientOut:
         erased_at=iso_or_none(patient.erased_at),
         sessions=[
             PatientSessionOut(
-                id=s.id, regimen=s.regimen_id, treated_at=iso(s.treated_at), status=s.status
+                id=s.id,
+                regimen=s.regimen_id,
+                treated_at=iso(s.treated_at),
+                status=s.status,
+                checkin_answer=s.checkin_answer,
+                checkin_outcome=s.checkin_outcome,
             )
             for s in sessions
         ],

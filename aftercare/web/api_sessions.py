@@ -43,35 +43,58 @@ SessionId = Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="The se
 def create_session(
     body: SessionIn, staff: CurrentStaff, db_session: DbSession, rt: RuntimeDep
 ) -> SessionCreatedOut:
-    """Record a treatment session and plan its reminders; the planned timeline."""
+    """Record a treatment session and plan its reminders; the planned timeline.
+
+    The session is added to a known patient (``patient_id``, or the same phone or email and
+    name); a later session of the same regimen supersedes what an earlier one has not sent."""
     _refuse_unconvertible_instant(body.treated_at)
+    if body.patient is None and body.patient_id is None:
+        raise field_errors(
+            [FieldError(("patient",), "Field required (or patient_id for a known patient)")],
+            prefix=("body",),
+        )
+    if body.patient is not None and body.patient_id is not None:
+        raise field_errors(
+            [FieldError(("patient_id",), "give patient or patient_id, not both")],
+            prefix=("body",),
+        )
     patient = body.patient
     request = SessionRequest(
-        name=patient.name,
-        phone=patient.phone,
-        email=patient.email,
-        timezone=patient.timezone or rt.settings.default_timezone,
-        channels=list(patient.channels),
+        name=patient.name if patient else None,
+        phone=patient.phone if patient else None,
+        email=patient.email if patient else None,
+        timezone=(patient.timezone or rt.settings.default_timezone) if patient else None,
+        channels=list(patient.channels) if patient else None,
         treated_at=body.treated_at,
         regimen=body.regimen,
         parameters=dict(body.parameters),
         consent=body.consent,
         contraindications_checked=body.contraindications_checked,
     )
-    session, valid = actions.enrol_planned(
+    enrolled = actions.enrol_planned(
         db_session=db_session,
         request=request,
         registry=rt.registry,
         quiet=rt.quiet,
         now=rt.clock.now(),
         actor_id=staff.id,
+        patient_id=body.patient_id,
     )
+    session = enrolled.session
     zone = ZoneInfo(session.timezone)
     # The plan is what was just stored, in the order reading it back would give (due time, then
-    # insertion order): no query for the reminders.
+    # insertion order): no query for the reminders, unless a later session already stored
+    # superseded some of them at once (a late enrolment of an older session).
+    moved: dict[tuple[str, int, str], str] = {}
+    if session.id in enrolled.superseded:
+        moved = {
+            (r.step, r.occurrence, r.channel): r.state
+            for r in actions.session_reminders(db_session=db_session, session_id=session.id)
+        }
     return SessionCreatedOut(
         id=session.id,
         patient_id=session.patient_id,
+        matched_existing=enrolled.matched_existing,
         reminders=[
             PlannedReminderOut(
                 step=r.step,
@@ -79,9 +102,9 @@ def create_session(
                 template=r.template,
                 due_utc=iso(r.due_utc),
                 due_local=iso(r.due_utc.astimezone(zone)),
-                state=r.state,
+                state=moved.get((r.step, r.occurrence, r.channel), r.state),
             )
-            for r in valid.plan
+            for r in enrolled.valid.plan
         ],
     )
 
@@ -163,6 +186,7 @@ def timeline(db_session: Session, session: TreatmentSession) -> SessionOut:
         paused_at=iso_or_none(session.paused_at),
         cancelled_at=iso_or_none(session.cancelled_at),
         checkin_answer=session.checkin_answer,
+        checkin_outcome=session.checkin_outcome,
         reminders=[
             _reminder(r, zone, attempts.get(r.id, []))
             for r in actions.session_reminders(db_session=db_session, session_id=session.id)

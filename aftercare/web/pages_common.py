@@ -44,6 +44,7 @@ HEADERS: Final = {
 # Messages shown after a successful POST (Post/Redirect/Get); the URL carries only the code.
 NOTICES: Final = {
     "enrolled": "Session recorded. The patient's reminders are planned below.",
+    "course": "Session added to the patient's course. Their reminders follow the latest session.",
     "paused": "Reminders paused. Nothing more will be sent until you resume.",
     "resumed": "Reminders resumed.",
     "cancelled": "Session cancelled. No more reminders will be sent for it.",
@@ -65,11 +66,13 @@ REMINDER_STATES: Final = {
     "skipped": "Skipped",
     "expired": "Expired",
     "paused": "Paused",
+    "superseded": "Replaced",
 }
 FLAG_KINDS: Final = {
     "urgent_reply": "Urgent reply",
     "checkin_concern": "Check-in concern",
     "unrecognised_reply": "Reply to read",
+    "booking_request": "Wants another session",
     "delivery_failed": "Delivery failed",
     "stale_reminder": "Reminder stuck",
 }
@@ -98,6 +101,14 @@ def when(value: datetime | None, zone: str | ZoneInfo, *, show_zone: bool = True
     local = value.astimezone(zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone))
     text = f"{local:%a} {local.day} {local:%b %Y, %H:%M}"
     return f"{text} {local.tzname() or ''}".rstrip() if show_zone else text
+
+
+def day_month(value: datetime | None, zone: str | ZoneInfo) -> str:
+    """``3 March`` in ``zone`` (a session named by its date); an empty string for None."""
+    if value is None:
+        return ""
+    local = value.astimezone(zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone))
+    return f"{local.day} {local:%B}"
 
 
 def short_when(value: datetime | None, zone: str | ZoneInfo) -> str:
@@ -130,6 +141,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     env.globals.update(
         when=when,
         short_when=short_when,
+        day_month=day_month,
         reminder_states=REMINDER_STATES,
         flag_kinds=FLAG_KINDS,
         audit_actions=AUDIT_ACTIONS,

@@ -5,15 +5,21 @@ treatment time, regimen parameters) and stores nothing; "Save" enrols through
 :func:`aftercare.sessions.actions.enrol`. Both re-render the form with every value kept and each
 error next to its field. The optional script (``/static/preview.js``) only asks for the same
 "Preview" in the background as fields change.
+
+A course of treatment: the form shows the known patients the person may be (same phone or
+email, or same name) and saves only once staff have chosen one of them or "a new patient"; the
+preview says what the new session replaces. ``?patient=ID`` opens it filled in for another
+session of a known patient; ``&flag=ID`` resolves that booking request when the session is saved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Annotated, Final
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
@@ -26,6 +32,7 @@ from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.pages_common import PageRoute, error_text, redirect, render
+from aftercare.web.pages_course import CourseView, course_view, matches_to_confirm, prefill
 from aftercare.web.pages_enrol_form import (
     CONTRAINDICATIONS,
     INSTEAD,
@@ -45,6 +52,11 @@ from aftercare.web.web_auth import field as text_field
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
+MAX_ID = 2**31 - 1
+CHOOSE_PATIENT: Final = (
+    "This may be a patient you already know: choose them below, or choose a new patient"
+)
+
 
 def _page(
     rt: Runtime,
@@ -57,7 +69,11 @@ def _page(
     regimen: Regimen | None = None,
     previewed: bool = False,
     status_code: int = status.HTTP_200_OK,
+    treated_at: datetime | None = None,
+    known: CourseView | None = None,
 ) -> HTMLResponse:
+    if known is None:
+        known = course_view(db_session, rt, values, treated_at=treated_at)
     if regimen is None and values.regimen in rt.registry.ids():
         regimen = rt.registry.get(values.regimen)
     labels = dict(LABELS)
@@ -89,6 +105,7 @@ def _page(
         to_send=sum(1 for p in planned if p.state != "skipped"),
         zone=values.timezone if planned else "",
         previewed=previewed,
+        known=known,
     )
 
 
@@ -105,8 +122,23 @@ def _defaults(rt: Runtime) -> EnrolForm:
 
 
 @router.get("/sessions/new", response_class=HTMLResponse)
-def enrol_form(rt: RuntimeDep, staff: PageStaff, db_session: DbSession) -> Response:
-    return _page(rt, staff, db_session, _defaults(rt))
+def enrol_form(
+    rt: RuntimeDep,
+    staff: PageStaff,
+    db_session: DbSession,
+    patient: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    flag: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> Response:
+    """The form; ``?patient=ID`` fills in a known patient ("Record another session"), and
+    ``&flag=ID`` names the booking request the session answers."""
+    values = _defaults(rt)
+    if patient is not None:
+        known = actions.get_patient(db_session=db_session, patient_id=patient)
+        if known.erased_at is None:
+            prefill(values, known)
+    if flag is not None:
+        values.flag = str(flag)
+    return _page(rt, staff, db_session, values)
 
 
 @router.post("/sessions/new", response_class=HTMLResponse)
@@ -127,28 +159,61 @@ def enrol(rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: Checked
             planned=planned,
             regimen=checked.regimen,
             previewed=True,
+            treated_at=checked.treated_at,
         )
     request = session_request(values, checked)
+    known = course_view(db_session, rt, values, treated_at=checked.treated_at)
     if checked.errors:
         errors = _all_errors(checked, request, rt, now)
         return _invalid(
-            rt, staff, db_session, values, errors=errors, planned=planned, checked=checked
+            rt,
+            staff,
+            db_session,
+            values,
+            errors=errors,
+            planned=planned,
+            checked=checked,
+            known=known,
         )
+    if matches_to_confirm(known, values):
+        # Possibly someone already known: staff choose before anything is stored.
+        return _invalid(
+            rt,
+            staff,
+            db_session,
+            values,
+            errors=[FieldError(("patient_choice",), CHOOSE_PATIENT)],
+            planned=planned,
+            checked=checked,
+            known=known,
+        )
+    chosen = values.chosen_patient_id
     try:
         with db_session.begin_nested():
-            session = actions.enrol(
+            enrolled = actions.enrol_planned(
                 db_session=db_session,
                 request=request,
                 registry=rt.registry,
                 quiet=rt.quiet,
                 now=now,
                 actor_id=staff.user.id,
+                patient_id=chosen,
+                match=False,
+                booking_flag_id=values.flag_id,
             )
     except ValidationFailed as exc:
         return _invalid(
-            rt, staff, db_session, values, errors=exc.errors, planned=planned, checked=checked
+            rt,
+            staff,
+            db_session,
+            values,
+            errors=exc.errors,
+            planned=planned,
+            checked=checked,
+            known=known,
         )
-    return redirect(f"/patients/{session.patient_id}?done=enrolled")
+    done = "course" if enrolled.matched_existing else "enrolled"
+    return redirect(f"/patients/{enrolled.session.patient_id}?done={done}")
 
 
 def _invalid(
@@ -160,6 +225,7 @@ def _invalid(
     errors: Sequence[FieldError],
     planned: Sequence[PlannedReminder],
     checked: Checked,
+    known: CourseView | None = None,
 ) -> HTMLResponse:
     return _page(
         rt,
@@ -170,6 +236,8 @@ def _invalid(
         planned=planned,
         regimen=checked.regimen,
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        treated_at=checked.treated_at,
+        known=known,
     )
 
 

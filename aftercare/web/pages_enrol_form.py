@@ -3,6 +3,7 @@ fields that decide the timeline (pure: nothing is stored)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -40,12 +41,18 @@ LABELS: Final = {
     "regimen": "Treatment",
     "consent": "Consent",
     "contra-no-dvt": "Contraindication checklist",
+    "patient_choice": "Existing patient",
 }
 # The service's wording is for API clients; staff get an instruction.
 INSTEAD: Final = {
     "consent": "Confirm that the patient agrees to receive aftercare messages",
     "contra-no-dvt": "Confirm all four contraindication checks with the patient",
+    "patient_choice": (
+        "This may be a patient you already know: choose them below, or choose a new patient"
+    ),
 }
+# A row id as a form sends it (at most 2**31 - 1).
+_ID: Final = re.compile(r"[1-9][0-9]{0,8}")
 # Fields that decide the timeline: their errors are shown by "Preview" too.
 TIMING: Final = frozenset({"timezone", "channel-sms", "treated_date", "regimen"})
 
@@ -65,6 +72,18 @@ class EnrolForm:
     parameters: dict[str, str] = field(default_factory=dict)
     consent: bool = False
     contra: list[str] = field(default_factory=list)
+    # A course of treatment: "" (not chosen yet), "new", or a known patient's id.
+    patient_choice: str = ""
+    # The booking_request flag this session answers, if any (its id).
+    flag: str = ""
+
+    @property
+    def chosen_patient_id(self) -> int | None:
+        return int(self.patient_choice) if _ID.fullmatch(self.patient_choice) else None
+
+    @property
+    def flag_id(self) -> int | None:
+        return int(self.flag) if _ID.fullmatch(self.flag) else None
 
     @classmethod
     def parse(cls, form: FormData) -> EnrolForm:
@@ -84,6 +103,8 @@ class EnrolForm:
             },
             consent=text_field(form, "consent") == "yes",
             contra=[c for c in form.getlist("contra") if isinstance(c, str)][:10],
+            patient_choice=text_field(form, "patient_choice", limit=12).strip(),
+            flag=text_field(form, "flag", limit=12).strip(),
         )
 
 

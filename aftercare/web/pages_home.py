@@ -15,6 +15,7 @@ from aftercare.audit import service as audit
 from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions import actions
+from aftercare.sessions.course import OUTCOME_LABELS
 from aftercare.sessions.validation import ValidationFailed, clean_phone
 from aftercare.web import pages_queries as queries
 from aftercare.web.auth import DbSession
@@ -51,6 +52,10 @@ def dashboard(
         failures=queries.recent_failures(db_session, since=now - timedelta(days=7)),
         recent=queries.recent_sessions(db_session),
         notice=notice(request),
+        outcomes=queries.checkin_outcomes(
+            db_session, month_start=local_instant(local.replace(day=1), time(0), zone)
+        ),
+        outcome_labels=OUTCOME_LABELS,
     )
 
 

@@ -17,6 +17,7 @@ from aftercare.regimens.model import Regimen
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions
+from aftercare.sessions.course import OUTCOME_LABELS
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.models import Patient
 from aftercare.web import pages_queries as queries
@@ -24,7 +25,7 @@ from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.pages_common import PageRoute, error_text, notice, redirect, render
 from aftercare.web.pages_regimen import zone_names
-from aftercare.web.pages_timeline import session_view
+from aftercare.web.pages_timeline import session_view, still_to_come
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
 
@@ -35,6 +36,8 @@ PatientId = Annotated[int, Path(alias="id", ge=1, le=MAX_ID)]
 SessionId = Annotated[int, Path(alias="id", ge=1, le=MAX_ID)]
 # Upcoming messages shown before the rest are folded away.
 UPCOMING_SHOWN: Final = 5
+# The course's next messages, across its sessions, shown at the top of the page.
+TO_COME_SHOWN: Final = 6
 EDIT_LABELS: Final = {
     "name": "Patient name",
     "phone": "Mobile phone",
@@ -100,6 +103,8 @@ def _patient_page(
         except KeyError:
             regimen = None
         views.append(session_view(db_session, session, regimen))
+    for number, view in enumerate(views, start=1):
+        view.number = number
     edit_errors: dict[str, str] = {}
     for error in errors:
         key = str(error.loc[0]) if error.loc else "name"
@@ -112,6 +117,10 @@ def _patient_page(
         status_code=status_code,
         patient=patient,
         sessions=views[::-1],
+        course=views,
+        to_come=still_to_come(views)[:TO_COME_SHOWN],
+        to_come_total=len(still_to_come(views)),
+        outcome_labels=OUTCOME_LABELS,
         flags=queries.patient_flags(db_session, patient_id=patient.id),
         clinic_zone=ZoneInfo(rt.settings.default_timezone),
         contact=contact or ContactForm.of(patient),

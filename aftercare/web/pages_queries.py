@@ -143,3 +143,27 @@ def patient_names(db_session: Session, ids: Collection[int | None]) -> dict[int,
         return {}
     rows = db_session.execute(select(Patient.id, Patient.name).where(Patient.id.in_(wanted)))
     return {row.id: row.name for row in rows}
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Sessions by check-in outcome (faded, fading, dark_or_worried), answered this month (in
+    the clinic's zone) and all time."""
+
+    this_month: dict[str, int]
+    all_time: dict[str, int]
+
+
+def checkin_outcomes(db_session: Session, *, month_start: datetime) -> Outcomes:
+    answered = TreatmentSession.checkin_outcome.is_not(None)
+    query = select(TreatmentSession.checkin_outcome, func.count()).group_by(
+        TreatmentSession.checkin_outcome
+    )
+    all_time = {str(k): int(n) for k, n in db_session.execute(query.where(answered)).all()}
+    this_month = {
+        str(k): int(n)
+        for k, n in db_session.execute(
+            query.where(answered, TreatmentSession.checkin_answered_at >= month_start)
+        ).all()
+    }
+    return Outcomes(this_month=this_month, all_time=all_time)

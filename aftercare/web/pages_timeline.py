@@ -43,6 +43,14 @@ class SessionView:
     upcoming: list[Row] = field(default_factory=list)
     replies: Sequence[InboundMessage] = ()
     counts: dict[str, int] = field(default_factory=dict)
+    # Its place in the patient's course (1 for the first session treated).
+    number: int = 0
+
+
+def still_to_come(views: Sequence[SessionView]) -> list[tuple[SessionView, Row]]:
+    """The reminders not yet sent across all the patient's sessions, soonest first."""
+    rows = [(view, row) for view in views for row in view.upcoming]
+    return sorted(rows, key=lambda pair: pair[1].due)
 
 
 def _detail(reminder: Reminder, attempts: list[DeliveryAttempt], zone: ZoneInfo) -> str:

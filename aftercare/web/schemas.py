@@ -75,7 +75,17 @@ class PatientIn(_In):
 
 
 class SessionIn(_In):
-    patient: PatientIn
+    patient: PatientIn | None = Field(
+        default=None,
+        description="Who was treated. A known patient (same phone, or same email when there is "
+        "no phone, and the same name ignoring case and spacing) gets the session added.",
+    )
+    patient_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="Instead of patient: add the session to this known patient.",
+    )
     treated_at: Instant = Field(max_length=64, examples=["2026-03-02T10:30:00+00:00"])
     regimen: str = Field(default="micro-sclerotherapy", min_length=1, max_length=64)
     parameters: dict[str, StrictInt | StrictStr] = Field(
@@ -103,6 +113,9 @@ class PlannedReminderOut(BaseModel):
 class SessionCreatedOut(BaseModel):
     id: int
     patient_id: int
+    matched_existing: bool = Field(
+        description="The session was added to a patient already known (or to patient_id)."
+    )
     reminders: list[PlannedReminderOut]
 
 
@@ -156,6 +169,9 @@ class SessionOut(BaseModel):
     paused_at: Instant | None
     cancelled_at: Instant | None
     checkin_answer: str | None
+    checkin_outcome: str | None = Field(
+        description="The check-in answer as an outcome: faded, fading or dark_or_worried."
+    )
     reminders: list[ReminderOut]
     replies: list[ReplyOut]
 
@@ -184,6 +200,8 @@ class PatientSessionOut(BaseModel):
     regimen: str
     treated_at: Instant
     status: str
+    checkin_answer: str | None
+    checkin_outcome: str | None
 
 
 class PatientOut(BaseModel):

@@ -288,7 +288,9 @@ def _welcome(world: World, patient_id: int) -> tuple[str, str, str]:
     with world.rt.db.session() as s:
         patient = s.get(Patient, patient_id)
         assert patient is not None
-        (session,) = patient.sessions
+        # The latest session: "Plain Name" is enrolled again for each case, and the same person
+        # is one patient across sessions.
+        session = max(patient.sessions, key=lambda s: s.id)
         for reminder in session.reminders:
             if reminder.step == "welcome":
                 out[reminder.channel] = compose(

@@ -1,7 +1,7 @@
 """login throttle: one counter row per bucket, replacing one row per login attempt
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-04 14:45:00
 
 The old limit counted ``login_attempts`` rows and then inserted one: two requests at once both
@@ -17,8 +17,8 @@ from alembic import op
 
 import aftercare.storage.db
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
