@@ -35,6 +35,6 @@ def test_the_welcome_sms_sent_greets_by_name_only_when_it_is_whole_and_not_a_lin
     [sent] = (runtime.settings.outbox_dir / "sms").glob("*.json")
     body = json.loads(sent.read_text(encoding="utf-8"))["body"]
     assert body.split(": ", 1)[1].startswith(greeting + " Wear"), body
-    first = name.split()[0]
+    first = name.split(maxsplit=1)[0]
     if greeting == "Hi there.":
         assert first not in body
