@@ -18,7 +18,14 @@ from aftercare.reminders.fallback import after_failure
 from aftercare.reminders.retry import BASE, CAP, MAX_ATTEMPTS
 from aftercare.reminders.status import apply_status
 from aftercare.runtime import Runtime
-from aftercare.storage.models import AuditEvent, Flag, Patient, Reminder, TreatmentSession
+from aftercare.storage.models import (
+    AuditEvent,
+    DeliveryAttempt,
+    Flag,
+    Patient,
+    Reminder,
+    TreatmentSession,
+)
 from tests.factories import enrol
 from tests.test_delivery import EdgeTransport, claim_all, deliver_all, keep_only, sent_log
 
@@ -230,9 +237,12 @@ def test_undelivered_after_the_session_was_cancelled_then_no_email_instead(
     with runtime.db.session() as s:
         s.execute(update(TreatmentSession).values(status="cancelled"))
     with runtime.db.session() as s:
+        provider_id = s.scalars(
+            select(DeliveryAttempt.provider_id).where(DeliveryAttempt.reminder_id == sms_id)
+        ).one()
         outcome = apply_status(
             db_session=s,
-            provider_id=f"outbox-reminder-{sms_id}",
+            provider_id=str(provider_id),
             status="undelivered",
             error_code="30003",
             now=clock.now(),

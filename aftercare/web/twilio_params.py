@@ -45,7 +45,7 @@ def _sid(prefixes: str) -> re.Pattern[str]:
 
 
 # Free text Twilio fills in (a city, an error description): printable, on one line, bounded.
-_TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,128}")
+_TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f]{0,256}")
 # E.164, a short code, or an alphanumeric sender ID (up to 11 letters, digits and spaces).
 _ADDRESS = _shape(r"\+[1-9][0-9]{5,14}|[0-9]{3,8}|(?=[0-9 ]*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _COUNT = _shape(r"0|[1-9][0-9]{0,2}")
@@ -68,12 +68,12 @@ _INBOUND: Final[dict[str, tuple[re.Pattern[str], str]]] = {
     "ApiVersion": (_shape(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "a date, YYYY-MM-DD"),
     "SmsStatus": (_STATUS, "a Twilio status in lowercase letters"),
     "OptOutType": (_shape(r"STOP|START|HELP"), "STOP, START or HELP"),
-    "FromCity": (_TEXT, "one line of at most 128 characters"),
-    "FromState": (_TEXT, "one line of at most 128 characters"),
+    "FromCity": (_TEXT, "one line of at most 256 characters"),
+    "FromState": (_TEXT, "one line of at most 256 characters"),
     "FromZip": (_shape(r"[A-Za-z0-9 -]{0,12}"), "a postal code"),
     "FromCountry": (_shape(r"(?:[A-Z]{2})?"), "a two-letter country code"),
-    "ToCity": (_TEXT, "one line of at most 128 characters"),
-    "ToState": (_TEXT, "one line of at most 128 characters"),
+    "ToCity": (_TEXT, "one line of at most 256 characters"),
+    "ToState": (_TEXT, "one line of at most 256 characters"),
     "ToZip": (_shape(r"[A-Za-z0-9 -]{0,12}"), "a postal code"),
     "ToCountry": (_shape(r"(?:[A-Z]{2})?"), "a two-letter country code"),
 }
@@ -89,7 +89,7 @@ _MEDIA: Final[dict[str, tuple[re.Pattern[str], str]]] = {
 _STATUS_ONLY: Final[dict[str, tuple[re.Pattern[str], str]]] = {
     "MessageStatus": (_STATUS, "a Twilio status in lowercase letters"),
     "ErrorCode": (_shape(r"[0-9]{1,6}"), "a Twilio error code in digits"),
-    "ErrorMessage": (_TEXT, "one line of at most 128 characters"),
+    "ErrorMessage": (_TEXT, "one line of at most 256 characters"),
     "RawDlrDoneDate": (_shape(r"[0-9]{10}"), "a carrier date, YYMMDDhhmm"),
 }
 INBOUND_NAMES: Final = frozenset(_INBOUND)
