@@ -165,8 +165,7 @@ def test_a_live_process_on_this_machine_is_never_known_gone(
     runtime: Runtime, clock: FixedClock
 ) -> None:
     lease = Lease(db=runtime.db, clock=clock, seconds=LEASE, heartbeat=False)
-    with runtime.db.session() as s:
-        lease.hold(s, now=clock.now())
+    lease.hold(now=clock.now())
     with runtime.db.session() as s:
         row = s.get_one(WorkerLease, lease.id)
         assert not Machine.here().knows_gone(row)
@@ -238,8 +237,7 @@ def test_lease_renewal_by_the_heartbeat_keeps_the_lease_and_stops_once_released(
     runtime: Runtime, clock: FixedClock
 ) -> None:
     lease = Lease(db=runtime.db, clock=clock, seconds=LEASE, heartbeat=False)
-    with runtime.db.session() as s:
-        owner = lease.hold(s, now=clock.now())
+    owner = lease.hold(now=clock.now())
     clock.advance(timedelta(seconds=LEASE - 1))
     lease.beat()
     clock.advance(timedelta(seconds=LEASE - 1))

@@ -145,8 +145,8 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
     outcomes: dict[int, str] = {}
     prepared: list[_Prepared] = []
     recorder = Recorder(db=deps.db, clock=deps.clock)
+    owner = None if deps.lease is None else deps.lease.hold(now=now)
     with deps.db.session() as db_session:
-        owner = None if deps.lease is None else deps.lease.hold(db_session, now=now)
         loaded = _load_many(db_session, reminder_ids)
         sendable: list[tuple[Reminder, Message]] = []
         patient_of: dict[int, int] = {}
@@ -517,6 +517,8 @@ def _still_ours(deps: Deps, item: _Prepared) -> bool:
             .values(updated_at=now)
             .returning(Reminder.id)
         ).first()
+    if lease is not None:
+        lease.renewed(item.owner, now=now)  # committed
     if renewed is None:
         log.warning("reminder %s was taken over by recovery; not sending it", item.reminder_id)
         return False

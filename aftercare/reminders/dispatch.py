@@ -220,9 +220,9 @@ def requeue_stale_queued(
     *, db: Database, clock: Clock, stale_after: timedelta, before: datetime | None = None
 ) -> int:
     """Give back reminders queued long ago whose broker message was lost (e.g. Redis restart),
-    and with ``before``, every reminder queued at or before that instant (a worker's first
-    recovery pass: what was queued before it started may have been in its dead predecessor's
-    prefetch, and nothing queued since can have been).
+    and with ``before``, every reminder queued before that instant (a worker's first recovery
+    pass: what was queued before it started may have been in its dead predecessor's prefetch,
+    and nothing queued since can have been).
 
     The dispatcher's backpressure keeps the broker's backlog to seconds of work, so a reminder
     still queued after ``stale_after`` has lost its message (or its worker); one whose message
@@ -232,7 +232,7 @@ def requeue_stale_queued(
     now = clock.now()
     old = Reminder.updated_at < now - stale_after
     if before is not None:
-        old = or_(old, Reminder.updated_at <= before)
+        old = or_(old, Reminder.updated_at < before)
     with db.session() as db_session:
         stale = list(
             db_session.scalars(select(Reminder.id).where(Reminder.state == states.QUEUED, old))

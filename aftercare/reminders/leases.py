@@ -147,29 +147,31 @@ class Lease:
         self._mine()
         return self._id
 
-    def hold(self, db_session: Session, *, now: datetime) -> str:
-        """The lease id to claim reminders under, registered or renewed in ``db_session`` (the
-        claim's own transaction) unless it is fresh; starts the heartbeat thread."""
+    def hold(self, *, now: datetime) -> str:
+        """The lease id to claim reminders under: registered or renewed in a transaction of its
+        own, committed before any claim names it, unless it is fresh. Starts the heartbeat."""
         self._mine()
         with self._lock:
             lease_id, valid_until = self._id, self._valid_until
         if lease_id is not None and valid_until is not None and valid_until - now >= self.margin:
             self._start_thread()
             return lease_id
-        if lease_id is None or not self._renew(db_session, lease_id, now):
-            lease_id = uuid.uuid4().hex
-            machine = Machine.here()
-            db_session.execute(
-                insert(WorkerLease).values(
-                    id=lease_id,
-                    host=machine.host[:255],
-                    machine=machine.key,
-                    pid=os.getpid(),
-                    started=_start_ticks(os.getpid()),
-                    lease_until=now + self.length,
-                    created_at=now,
+        with self.db.session() as db_session:
+            if lease_id is None or not self._renew(db_session, lease_id, now):
+                lease_id = uuid.uuid4().hex
+                machine = Machine.here()
+                db_session.execute(
+                    insert(WorkerLease).values(
+                        id=lease_id,
+                        host=machine.host[:255],
+                        machine=machine.key,
+                        pid=os.getpid(),
+                        started=_start_ticks(os.getpid()),
+                        lease_until=now + self.length,
+                        created_at=now,
+                    )
                 )
-            )
+        # Committed: only now may this process trust it without asking the database.
         with self._lock:
             self._id, self._valid_until = lease_id, now + self.length
         self._start_thread()
@@ -188,16 +190,18 @@ class Lease:
 
     def renew_for(self, db_session: Session, owner: str | None, *, now: datetime) -> bool:
         """Renew the lease ``owner`` in ``db_session``; False if it is no longer this process's
-        (recovery took it over): nothing claimed under it may be sent."""
+        (recovery took it over): nothing claimed under it may be sent. Once ``db_session`` has
+        committed, call :meth:`renewed`."""
         self._mine()
         if owner is None or owner != self.id:
             return False
-        if not self._renew(db_session, owner, now):
-            return False
+        return self._renew(db_session, owner, now)
+
+    def renewed(self, owner: str | None, *, now: datetime) -> None:
+        """The renewal :meth:`renew_for` made at ``now`` is committed."""
         with self._lock:
-            if self._id == owner:
+            if owner is not None and self._id == owner:
                 self._valid_until = now + self.length
-        return True
 
     def _renew(self, db_session: Session, lease_id: str, now: datetime) -> bool:
         renewed = db_session.execute(
@@ -290,8 +294,8 @@ def take_over(
     """
     now = clock.now()
     here = here or Machine.here()
+    me = None if lease is None else lease.hold(now=now)
     with db.session() as db_session:
-        me = None if lease is None else lease.hold(db_session, now=now)
         owners = {
             owner
             for owner in db_session.scalars(
