@@ -380,7 +380,10 @@ def worker(
 
         serve_worker_metrics(rt.settings)
     chosen_pool = pool or ("solo" if rt.settings.embedded else "prefork")
+    _quiet_celery()
     argv = [
+        # No banner: the logs are JSON lines, and the service says itself that it is ready.
+        "--quiet",
         "worker",
         f"--loglevel={loglevel or rt.settings.log_level}",
         f"--queues={','.join(chosen_queues)}",
@@ -401,10 +404,14 @@ def dispatch_once() -> None:
 
     Beat does this every few seconds; this is for operators and scripts.
     """
-    from aftercare.reminders.dispatch import claim_order, dispatch_due
+    from aftercare.reminders.dispatch import claim_order, dispatch_due, held_back_by
     from aftercare.worker.tasks import publish_send
 
     rt = _runtime()
+    held = held_back_by(rt.settings)
+    if held is not None:
+        typer.echo(f"error: dispatch held back: {held}", err=True)
+        raise typer.Exit(1)
     _ensure_schema(rt)
     summary = dispatch_due(
         db=rt.db,
@@ -432,7 +439,23 @@ def beat(
 
     rt = _runtime()
     rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", f"--loglevel={loglevel or rt.settings.log_level}"])
+    _quiet_celery(worker=False)
+    app.start(["--quiet", "beat", f"--loglevel={loglevel or rt.settings.log_level}"])
+
+
+def _quiet_celery(*, worker: bool = True) -> None:
+    """One line, not Celery's seven, when a worker runs as root (Celery warns even with
+    JSON-only content, which cannot run code; the Docker image runs as an ordinary user)."""
+    import os
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if worker and hasattr(os, "geteuid") and os.geteuid() == 0:
+        typer.echo(
+            "warning: running as root; in production run Aftercare as its own user", err=True
+        )
 
 
 @cli.command()

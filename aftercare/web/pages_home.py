@@ -50,6 +50,9 @@ def dashboard(
         failures=queries.recent_failures(db_session, since=now - timedelta(days=7)),
         recent=queries.recent_sessions(db_session),
         notice=notice(request),
+        clinic_warning=rt.settings.clinic_warning(),
+        # Only Twilio reports delivery (status callbacks); console and outbox never do.
+        no_receipts=rt.settings.sms_transport != "twilio",
     )
 
 
