@@ -25,7 +25,7 @@ from aftercare.sessions.service import SessionRequest, validate_request
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, error_text, redirect, render
+from aftercare.web.pages_common import DATE_FORMAT, PageRoute, error_text, redirect, render
 from aftercare.web.pages_enrol_form import (
     CONTRAINDICATIONS,
     INSTEAD,
@@ -35,10 +35,12 @@ from aftercare.web.pages_enrol_form import (
     EnrolForm,
     check_timing,
     field_id,
+    form_position,
     merge_errors,
     param_ids,
     session_request,
 )
+from aftercare.web.pages_preview import MessageText, message_texts
 from aftercare.web.pages_regimen import param_fields, preview_rows, zone_names
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
@@ -56,6 +58,7 @@ def _page(
     planned: Sequence[PlannedReminder] = (),
     regimen: Regimen | None = None,
     previewed: bool = False,
+    treated_at: datetime | None = None,
     status_code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
     if regimen is None and values.regimen in rt.registry.ids():
@@ -72,6 +75,7 @@ def _page(
         if fid not in by_field:
             by_field[fid] = text
             summary.append((fid, text))
+    summary.sort(key=lambda item: form_position(item[0]))  # stable: params keep their order
     return render(
         rt,
         "enrol.html",
@@ -86,9 +90,31 @@ def _page(
         errors=by_field,
         summary=summary,
         rows=preview_rows(planned, regimen) if planned and regimen else [],
+        texts=_texts(rt, values, planned, regimen, treated_at),
         to_send=sum(1 for p in planned if p.state != "skipped"),
         zone=values.timezone if planned else "",
         previewed=previewed,
+    )
+
+
+def _texts(
+    rt: Runtime,
+    values: EnrolForm,
+    planned: Sequence[PlannedReminder],
+    regimen: Regimen | None,
+    treated_at: datetime | None,
+) -> dict[tuple[str, int], list[MessageText]]:
+    """The preview's messages as the patient will read them (with the name entered)."""
+    if not planned or regimen is None or treated_at is None:
+        return {}
+    return message_texts(
+        rt=rt,
+        regimen=regimen,
+        planned=planned,
+        patient_name=values.name or "Patient",
+        timezone=values.timezone,
+        treated_at=treated_at,
+        parameters=regimen.resolve_parameters(dict(values.parameters)),
     )
 
 
@@ -98,7 +124,7 @@ def _defaults(rt: Runtime) -> EnrolForm:
     ids = rt.registry.ids()
     return EnrolForm(
         timezone=zone,
-        treated_date=local.date().isoformat(),
+        treated_date=f"{local:{DATE_FORMAT}}",
         treated_time=f"{local:%H:%M}",
         regimen="micro-sclerotherapy" if "micro-sclerotherapy" in ids else (ids[0] if ids else ""),
     )
@@ -127,6 +153,7 @@ def enrol(rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: Checked
             planned=planned,
             regimen=checked.regimen,
             previewed=True,
+            treated_at=checked.treated_at,
         )
     request = session_request(values, checked)
     if checked.errors:
@@ -169,6 +196,7 @@ def _invalid(
         errors=errors,
         planned=planned,
         regimen=checked.regimen,
+        treated_at=checked.treated_at,
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
