@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from aftercare.planning.quiet import QuietHours
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
+# Clinic names that are not a clinic's (the defaults and the docs' examples): patients would read
+# "Your clinic: Hi Priya" and "call us on your clinic".
+PLACEHOLDER_CLINIC_NAMES = {"", "your clinic", "example clinic", "example vein clinic", "changeme"}
 _SECRET_FIELDS = ("secret_key", "twilio_auth_token", "smtp_url", "database_url", "broker_url")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # A signing key set by the operator: at least 32 characters, and at least 10^24 guesses (about
@@ -200,12 +203,43 @@ class Settings(BaseSettings):
         return not self.database_url
 
     @property
+    def production(self) -> bool:
+        """A database or broker is configured: messages go to real patients."""
+        return bool(self.database_url or self.broker_url)
+
+    def clinic_placeholders(self) -> list[str]:
+        """The clinic settings patients would read as placeholders (unset, or no phone digits)."""
+        unset = []
+        if self.clinic_name.strip().casefold() in PLACEHOLDER_CLINIC_NAMES:
+            unset.append("AFTERCARE_CLINIC_NAME")
+        if not any(ch.isdigit() for ch in self.clinic_phone):
+            unset.append("AFTERCARE_CLINIC_PHONE")
+        return unset
+
+    def clinic_warning(self) -> str | None:
+        """One plain sentence when the clinic's name or phone is a placeholder, else None."""
+        unset = self.clinic_placeholders()
+        if not unset:
+            return None
+        shown = f"'{self.clinic_name}: Hi ...' and 'call us on {self.clinic_phone}'"
+        then = (
+            "Until then no patient messages are sent."
+            if self.production
+            else "Set them before real patients are enrolled."
+        )
+        return (
+            f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set, so patients "
+            f"would read {shown}. {then}"
+        )
+
+    @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'aftercare.sqlite3'}"
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        # With a host named, kombu does not warn "No hostname was supplied" on each connection.
+        return self.broker_url or "filesystem://localhost//"
 
     @property
     def broker_folder(self) -> Path:

@@ -47,6 +47,9 @@ def make_stack(tmp_path: Path, extra: dict[str, str]) -> Stack:
         AFTERCARE_DISPATCH_INTERVAL="0.3",
         AFTERCARE_SECRET_KEY=TEST_SECRET,
         AFTERCARE_LOG_LEVEL="DEBUG",
+        # A configured database sends nothing while these are placeholders.
+        AFTERCARE_CLINIC_NAME="Riverside Vein Clinic",
+        AFTERCARE_CLINIC_PHONE="020 7946 0000",
         **extra,
     )
     settings = Settings.from_environment(env)

@@ -87,10 +87,14 @@ def preview_json(aftercare: Aftercare, *args: str) -> list[dict[str, Any]]:
     return rows
 
 
-def enrol_args(changes: dict[str, str | None] | None = None) -> list[str]:
-    """``enrol`` with valid flags, some changed (a None value leaves that flag out)."""
+def enrol_args(
+    changes: dict[str, str | None] | None = None,
+    confirm: tuple[str, ...] = ("--consent", "--contraindications-checked"),
+) -> list[str]:
+    """``enrol`` with valid flags, some changed (a None value leaves that flag out), and the
+    staff's confirmations ``confirm``."""
     flags = {**ENROL_FLAGS, **(changes or {})}
-    args = ["enrol"]
+    args = ["enrol", *confirm]
     for flag, value in flags.items():
         if value is not None:
             args += [flag, value]

@@ -367,8 +367,12 @@ def test_record_form_defaults_to_now_in_the_clinics_zone(pages: Pages) -> None:
     response = pages.client.get("/sessions/new")
 
     assert response.status_code == 200
-    assert 'name="treated_date" type="date" value="2026-03-02"' in response.text
-    assert 'name="treated_time" type="time" value="10:30"' in response.text
+    # Text fields in the clinic's own format: a date input would follow the browser's locale
+    # (a US browser shows 03/02/2026 for 2 March).
+    assert 'name="treated_date" type="text" inputmode="numeric"' in response.text
+    assert 'value="02/03/2026"' in response.text
+    assert 'name="treated_time" type="text" inputmode="numeric"' in response.text
+    assert 'value="10:30"' in response.text
     assert 'name="timezone" type="text" value="Europe/London"' in response.text
     for label in ("Patient name", "Mobile phone", "Email address", "Time zone"):
         assert f">{label}</label>" in response.text
@@ -431,7 +435,7 @@ def test_save_records_the_session_and_opens_the_patients_timeline(pages: Pages) 
     page = text_of(pages.client.get("/patients/1?done=enrolled"))
     assert "Session recorded" in page
     assert "Philippa Quennell" in page
-    assert "+447911123456" in page
+    assert "07911 123456" in page  # as the clinic writes it; the tel: link keeps E.164
     assert "Welcome, continuous wear and what is normal" in page
 
 
@@ -476,7 +480,8 @@ def test_every_bad_field_is_reported_at_once(pages: Pages) -> None:
     summary = re.search(r'class="error-summary".*?</div>', response.text, re.S)
     assert summary is not None
     links = re.findall(r'href="#([^"]+)"', summary.group(0))
-    assert links == ["treated_date", "name", "phone", "consent", "contra-no-dvt"]
+    # In the form's own order, as a reader meets the fields.
+    assert links == ["name", "phone", "treated_date", "contra-no-dvt", "consent"]
     assert "ISO-8601" not in response.text  # the API's wording is not shown to staff
 
 

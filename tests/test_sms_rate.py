@@ -243,6 +243,8 @@ def test_burst_of_due_sms_through_two_workers_stays_under_mps_and_sends_each_onc
         AFTERCARE_SEND_BATCH=send_batch,
         AFTERCARE_SECRET_KEY=TEST_SECRET,
         AFTERCARE_LOG_LEVEL="DEBUG",
+        AFTERCARE_CLINIC_NAME="Riverside Vein Clinic",
+        AFTERCARE_CLINIC_PHONE="020 7946 0000",
     )
     settings = Settings.from_environment(env)
     rt = Runtime(settings)

@@ -63,4 +63,7 @@ def _channel_faults(rt: Runtime) -> list[str]:
         f"channels: sms via {rt.settings.sms_transport}, email via {rt.settings.email_transport}"
         + (f", {len(faults)} setting(s) missing" if faults else "")
     )
+    # Part of the report (stdout), not a fault: the templates are fine, the settings are not.
+    warning = rt.settings.clinic_warning()
+    typer.echo(f"clinic: WARNING {warning}" if warning else f"clinic: {rt.settings.clinic_name}")
     return faults

@@ -35,7 +35,10 @@ def _stop(message: str) -> NoReturn:
 
 def import_command(
     file: Annotated[
-        Path, typer.Argument(help="The CSV file (columns: see docs/import.md).", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="FILE", help="The CSV file (columns: see docs/import.md).", show_default=False
+        ),
     ],
     dry_run: Annotated[
         bool,
@@ -44,13 +47,16 @@ def import_command(
     report: Annotated[
         Path | None,
         typer.Option(
-            "--report", help="Where to write the error report (default: FILE.errors.csv)."
+            "--report",
+            metavar="PATH",
+            help="Where to write the error report (default: FILE.errors.csv).",
         ),
     ] = None,
     default_timezone: Annotated[
         str | None,
         typer.Option(
             "--default-timezone",
+            metavar="ZONE",
             help="Zone for rows with an empty timezone (default: AFTERCARE_DEFAULT_TIMEZONE).",
         ),
     ] = None,

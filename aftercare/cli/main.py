@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 from zoneinfo import ZoneInfo
@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import typer
 
 from aftercare.cli.staff import staff_cli
+from aftercare.cli.typed import Refused, has_offset, read_channels, read_instant, read_zone
 from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.private import private_umask
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
@@ -21,7 +22,6 @@ from aftercare.sessions.validation import (
     ValidationFailed,
     clean_channels,
     clean_instant,
-    clean_timezone,
 )
 
 cli = typer.Typer(
@@ -30,19 +30,60 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help wraps to the terminal, at most 80 columns, one paragraph per docstring paragraph.
+    context_settings={"max_content_width": 80, "help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
 )
 cli.add_typer(staff_cli, name="staff")
 
-RegimenOpt = Annotated[str, typer.Option("--regimen", help="Regimen id.")]
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"aftercare {version('aftercare')}")
+        raise typer.Exit
+
+
+@cli.callback()
+def _main(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Aftercare: post-treatment reminders by SMS and email."""
+
+
+RegimenOpt = Annotated[str, typer.Option("--regimen", metavar="ID", help="Regimen id.")]
 TreatedOpt = Annotated[
-    str | None, typer.Option("--treated-at", help="Treatment time, ISO-8601 with offset.")
+    str | None,
+    typer.Option(
+        "--treated-at",
+        metavar="TIME",
+        help="Treatment time: 'now' (the default), a local time in --timezone "
+        "('2026-03-27 15:00' or '27/03/2026 15:00'), or with an offset "
+        "(2026-03-27T15:00+00:00).",
+    ),
 ]
-ZoneOpt = Annotated[str | None, typer.Option("--timezone", help="Patient's IANA time zone.")]
+ZoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone", metavar="ZONE", help="Patient's IANA time zone, e.g. Europe/London."
+    ),
+]
 DailyOpt = Annotated[
-    int | None, typer.Option("--daily-days", help="Daytime wear phase in days (7 or 14).")
+    int | None,
+    typer.Option("--daily-days", metavar="7|14", help="Daytime wear phase in days (7 or 14)."),
 ]
-CheckinOpt = Annotated[int | None, typer.Option("--checkin-week", help="Check-in week (8-13).")]
-ChannelsOpt = Annotated[str, typer.Option("--channels", help="Comma-separated: sms,email.")]
+CheckinOpt = Annotated[
+    int | None, typer.Option("--checkin-week", metavar="N", help="Check-in week (8-13).")
+]
+ChannelsOpt = Annotated[
+    str, typer.Option("--channels", metavar="LIST", help="Comma-separated, any case: sms,email.")
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -59,6 +100,30 @@ def fail_validation(exc: ValidationFailed) -> NoReturn:
     names = [part for part in first.loc if isinstance(part, str)]
     field = names[-1].replace("_", "-") if names else "input"
     fail(f"{field}: {first.msg}")
+
+
+def _zone(timezone: str | None, rt: Runtime) -> str:
+    try:
+        return read_zone(timezone or rt.settings.default_timezone)
+    except Refused as exc:
+        fail(str(exc))
+
+
+def _instant(text: str, *, zone: str, rt: Runtime, flag: str = "treated-at") -> datetime:
+    """``text`` read as an instant: ``now``, a local time in ``zone`` or ISO-8601 with an offset."""
+    try:
+        value = read_instant(text, zone=zone, now=rt.clock.now(), flag=flag)
+        return clean_instant(value, (flag,))
+    except Refused as exc:
+        fail(str(exc))
+    except ValidationFailed as exc:
+        fail_validation(exc)
+
+
+def _read_back(text: str | None, value: datetime, *, zone: str, flag: str = "treated-at") -> None:
+    """A time typed without an offset, shown back as the ISO-8601 instant it was read as."""
+    if text is not None and text.strip() != value.isoformat() and not has_offset(text):
+        typer.echo(f"{flag}: {text.strip()} read as {value.isoformat()} ({zone})", err=True)
 
 
 def _runtime() -> Runtime:
@@ -119,18 +184,21 @@ def preview(
     checkin_week: CheckinOpt = None,
     channels: ChannelsOpt = "sms,email",
     now: Annotated[
-        str | None, typer.Option("--now", help="Plan as if recorded at this moment (catch-up).")
+        str | None,
+        typer.Option(
+            "--now", metavar="TIME", help="Plan as if recorded at this moment (catch-up)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Show a session's planned timeline without storing anything."""
     rt = _runtime()
     registry = _registry(rt)
+    zone_name = _zone(timezone, rt)
+    treated = _instant(treated_at, zone=zone_name, rt=rt) if treated_at else rt.clock.now()
+    recorded = _instant(now, zone=zone_name, rt=rt, flag="now") if now else treated
     try:
-        zone_name = clean_timezone(timezone or rt.settings.default_timezone, ("timezone",))
-        chosen = clean_channels(channels, ("channels",))
-        treated = clean_instant(treated_at, ("treated_at",)) if treated_at else rt.clock.now()
-        recorded = clean_instant(now, ("now",)) if now else treated
+        chosen = clean_channels(read_channels(channels), ("channels",))
         the_regimen = registry.get(regimen)
         params = the_regimen.resolve_parameters(_parameters(daily_days, checkin_week))
     except ValidationFailed as exc:
@@ -149,6 +217,8 @@ def preview(
         recorded_at=max(recorded, treated),
     )
     zone = ZoneInfo(zone_name)
+    _read_back(treated_at, treated, zone=zone_name)
+    _read_back(now, recorded, zone=zone_name, flag="now")
     if as_json:
         typer.echo(json.dumps(_timeline_rows(planned, zone), indent=2))
     else:
@@ -157,35 +227,67 @@ def preview(
 
 @cli.command()
 def enrol(
-    name: Annotated[str, typer.Option("--name", help="Patient's name.")],
-    phone: Annotated[str | None, typer.Option("--phone", help="Mobile number.")] = None,
-    email: Annotated[str | None, typer.Option("--email", help="Email address.")] = None,
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Patient's name.")],
+    phone: Annotated[
+        str | None, typer.Option("--phone", metavar="PHONE", help="Mobile number.")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option("--email", metavar="EMAIL", help="Email address.")
+    ] = None,
     regimen: RegimenOpt = "micro-sclerotherapy",
     treated_at: TreatedOpt = None,
     timezone: ZoneOpt = None,
     daily_days: DailyOpt = None,
     checkin_week: CheckinOpt = None,
     channels: ChannelsOpt = "sms,email",
+    consent: Annotated[
+        bool,
+        typer.Option(
+            "--consent", help="The patient agrees to receive aftercare messages (required)."
+        ),
+    ] = False,
+    contraindications_checked: Annotated[
+        bool,
+        typer.Option(
+            "--contraindications-checked",
+            help="The contraindication checklist was confirmed with the patient (required).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Record a treatment session and plan its reminders (staff confirm consent and the
-    contraindication checklist by running this). A patient already known (same phone, or email
-    when there is none, and name) gets the session added to their course."""
+    """Record a treatment session and plan its reminders.
+
+    As on the staff form, --consent and --contraindications-checked confirm that the patient
+    agreed to messages and that the checklist was gone through with them. A patient already
+    known (same phone, or email when there is none, and name) gets the session added to their
+    course.
+    """
     from aftercare.sessions.actions import enrol_planned
     from aftercare.sessions.service import SessionRequest, validate_request
 
+    if not consent:
+        fail("consent: confirm the patient agrees to aftercare messages with --consent")
+    if not contraindications_checked:
+        fail(
+            "contraindications-checked: confirm the contraindication checklist with "
+            "--contraindications-checked"
+        )
     rt = _runtime()
     registry = _registry(rt)
     now = rt.clock.now()
+    zone_name = _zone(timezone, rt)
+    treated = _instant(treated_at, zone=zone_name, rt=rt) if treated_at else now
     request = SessionRequest(
         name=name,
         phone=phone,
         email=email,
-        timezone=timezone or rt.settings.default_timezone,
-        channels=channels,
-        treated_at=treated_at or now.isoformat(),
+        timezone=zone_name,
+        channels=read_channels(channels),
+        treated_at=treated,
         regimen=regimen,
         parameters=_parameters(daily_days, checkin_week),
+        consent=consent,
+        contraindications_checked=contraindications_checked,
     )
     try:
         valid = validate_request(request, registry=registry, quiet=rt.quiet, now=now)
@@ -203,6 +305,7 @@ def enrol(
         )
         session_id, patient_id = enrolled.session.id, enrolled.session.patient_id
     zone = ZoneInfo(valid.timezone)
+    _read_back(treated_at, treated, zone=zone_name)
     if as_json:
         out = {
             "id": session_id,
@@ -255,18 +358,26 @@ def migrate() -> None:
 
 @cli.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Worker processes/threads.")] = None,
-    pool: Annotated[str | None, typer.Option(help="Celery pool: prefork, threads, solo.")] = None,
-    loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(metavar="N", help="Worker processes/threads.")
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(metavar="POOL", help="Celery pool: prefork, threads, solo.")
+    ] = None,
+    loglevel: Annotated[str | None, typer.Option(metavar="LEVEL", help="Log level.")] = None,
     hostname: Annotated[
-        str | None, typer.Option(help="Celery node name, e.g. w1@%h (one per worker on a host).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Celery node name, e.g. w1@%h (one per worker on a host)."
+        ),
     ] = None,
     queues: Annotated[
         str,
         typer.Option(
+            metavar="LIST",
             help="Comma-separated: dispatch (claims due reminders, recovery, retention), send "
             "(delivers). Production: one 'dispatch' worker with --concurrency 1, 'send' workers "
-            "as many as needed."
+            "as many as needed.",
         ),
     ] = "dispatch,send",
 ) -> None:
@@ -284,7 +395,10 @@ def worker(
 
         serve_worker_metrics(rt.settings)
     chosen_pool = pool or ("solo" if rt.settings.embedded else "prefork")
+    _quiet_celery()
     argv = [
+        # No banner: the logs are JSON lines, and the service says itself that it is ready.
+        "--quiet",
         "worker",
         f"--loglevel={loglevel or rt.settings.log_level}",
         f"--queues={','.join(chosen_queues)}",
@@ -301,12 +415,18 @@ def worker(
 
 @cli.command("dispatch")
 def dispatch_once() -> None:
-    """Claim due reminders once and hand their ids to the broker (beat does this every few
-    seconds; this is for operators and scripts)."""
-    from aftercare.reminders.dispatch import claim_order, dispatch_due
+    """Claim due reminders once and hand their ids to the broker.
+
+    Beat does this every few seconds; this is for operators and scripts.
+    """
+    from aftercare.reminders.dispatch import claim_order, dispatch_due, held_back_by
     from aftercare.worker.tasks import publish_send
 
     rt = _runtime()
+    held = held_back_by(rt.settings)
+    if held is not None:
+        typer.echo(f"error: dispatch held back: {held}", err=True)
+        raise typer.Exit(1)
     _ensure_schema(rt)
     summary = dispatch_due(
         db=rt.db,
@@ -324,23 +444,45 @@ def dispatch_once() -> None:
 
 @cli.command()
 def beat(
-    loglevel: Annotated[str | None, typer.Option(help="Log level.")] = None,
+    loglevel: Annotated[str | None, typer.Option(metavar="LEVEL", help="Log level.")] = None,
 ) -> None:
-    """Run Celery beat (asks a worker to dispatch due reminders every few seconds)."""
+    """Run Celery beat (the dispatch timer).
+
+    Beat asks a worker to dispatch due reminders every few seconds.
+    """
     from aftercare.private import private_dir
     from aftercare.worker.app import app
 
     rt = _runtime()
     private_dir(rt.settings.data_dir)
-    app.start(["beat", f"--loglevel={loglevel or rt.settings.log_level}"])
+    _quiet_celery(worker=False)
+    app.start(["--quiet", "beat", f"--loglevel={loglevel or rt.settings.log_level}"])
+
+
+def _quiet_celery(*, worker: bool = True) -> None:
+    """One line, not Celery's seven, when a worker runs as root (Celery warns even with
+    JSON-only content, which cannot run code; the Docker image runs as an ordinary user)."""
+    import os
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if worker and hasattr(os, "geteuid") and os.geteuid() == 0:
+        typer.echo(
+            "warning: running as root; in production run Aftercare as its own user", err=True
+        )
 
 
 @cli.command()
 def run(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = 8000,
 ) -> None:
-    """Run everything in one go (web app, worker and beat) on the embedded default."""
+    """Run the web app, a worker and beat in one go.
+
+    For the embedded default (SQLite and a file broker under AFTERCARE_DATA_DIR).
+    """
     from aftercare.cli.supervise import run_all
 
     rt = _runtime()
@@ -350,20 +492,20 @@ def run(
 @cli.command()
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Folder for the demo's database and outbox.")
+        Path | None, typer.Option(metavar="DIR", help="Folder for the demo's database and outbox.")
     ] = None,
     timezone: ZoneOpt = None,
     daily_days: DailyOpt = None,
 ) -> None:
-    """Enrol a sample patient and play the whole regimen through the real pipeline, fast."""
+    """Play a sample patient's whole regimen, fast.
+
+    Enrols a sample patient and plays the regimen through the real pipeline in accelerated
+    time, printing each message as it is delivered.
+    """
     from aftercare.cli.demo import run_demo
 
     rt = _runtime()
-    zone = timezone or rt.settings.default_timezone
-    try:
-        clean_timezone(zone, ("timezone",))
-    except ValidationFailed as exc:
-        fail(str(exc))
+    zone = _zone(timezone, rt)
     raise typer.Exit(run_demo(data_dir=data_dir, timezone=zone, daily_days=daily_days))
 
 

@@ -19,7 +19,7 @@ staff_cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EmailArg = Annotated[str, typer.Argument(help="The staff member's email address.")]
+EmailArg = Annotated[str, typer.Argument(metavar="EMAIL", help="The staff member's email address.")]
 
 
 def _fail(message: str) -> NoReturn:
@@ -63,13 +63,16 @@ def _new_password(generate: bool) -> str:
 @staff_cli.command("add")
 def add(
     email: EmailArg,
-    role: Annotated[str, typer.Option("--role", help="staff or admin.")] = "staff",
-    name: Annotated[str, typer.Option("--name", help="Display name.")] = "",
+    role: Annotated[str, typer.Option("--role", metavar="ROLE", help="staff or admin.")] = "staff",
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Display name.")] = "",
     generate: Annotated[
         bool, typer.Option("--generate", help="Print a random one-time password instead.")
     ] = False,
 ) -> None:
-    """Add a staff account (prompts for a password, hidden and confirmed)."""
+    """Add a staff account.
+
+    Prompts for a password, hidden and confirmed (or --generate one).
+    """
     if role not in service.ROLES:
         _fail(f"role: must be one of {', '.join(service.ROLES)}")
     rt = _runtime()
@@ -125,9 +128,13 @@ def password(
 @staff_cli.command("token")
 def token(
     email: EmailArg,
-    label: Annotated[str, typer.Option("--label", help="What the token is for.")] = "",
+    label: Annotated[
+        str, typer.Option("--label", metavar="TEXT", help="What the token is for.")
+    ] = "",
 ) -> None:
-    """Print a new API token for this staff member (only the token, so scripts can capture it).
+    """Print a new API token for this staff member.
+
+    Only the token is printed, so scripts can capture it.
 
     It is shown once: only its hash is stored.
     """
@@ -149,7 +156,9 @@ def token(
 
 @staff_cli.command("revoke-token")
 def revoke_token(
-    prefix: Annotated[str, typer.Argument(help="The token's prefix (see `staff list`).")],
+    prefix: Annotated[
+        str, typer.Argument(metavar="PREFIX", help="The token's prefix (see `staff list`).")
+    ],
 ) -> None:
     """Revoke an API token by its prefix (or by the whole token)."""
     rt = _runtime()

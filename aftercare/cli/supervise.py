@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aftercare.runtime import Runtime
@@ -89,21 +92,88 @@ def children(rt: Runtime) -> list[Child]:
     return [Child("worker", [*base, "worker"], env), Child("beat", [*base, "beat"], env)]
 
 
-def first_admin(rt: Runtime, *, host: str, port: int) -> None:
-    """With no staff accounts yet, create an admin and print its one-time password, once."""
+FIRST_LOGIN_FILE = "first-admin-login.txt"
+# How long ``aftercare run`` waits for the first dispatch before it prints its summary anyway.
+READY_WAIT = 60.0
+
+
+def first_login_path(rt: Runtime) -> Path:
+    return rt.settings.data_dir / FIRST_LOGIN_FILE
+
+
+def create_first_admin(rt: Runtime, *, host: str, port: int) -> list[str]:
+    """With no staff accounts yet, create an admin; return the lines that tell its login, which
+    are also saved, readable by this user only, in the data folder (empty when none created)."""
     from aftercare.staff.service import ensure_first_admin
 
     with rt.db.session() as db_session:
         created = ensure_first_admin(db_session=db_session, now=rt.clock.now())
     if created is None:
-        return
+        return []
     user, password = created
-    print(f"Created the first admin account: {user.email}")
-    print(f"  one-time password (shown only now): {password}")
-    print(f"  log in to the staff pages at http://{host}:{port}/ with these,")
-    print(f"  or get an API token with: aftercare staff token {user.email}")
-    print("  then set your own password: Change password on the staff pages, or")
-    print(f"  aftercare staff password {user.email}")
+    path = first_login_path(rt)
+    lines = [
+        f"Admin login for the staff pages at http://{host}:{port}/",
+        f"  email:    {user.email}",
+        f"  one-time password: {password}",
+        "  then choose your own password: Change password on the staff pages, or",
+        f"    aftercare staff password {user.email}",
+        f"  an API token: aftercare staff token {user.email}",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    # Created 0600 from the start: never readable by others, not even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join([*lines, "Delete this file once you have set your own password.", ""]))
+    return [*lines, f"  (saved in {path}, readable only by you: delete it once changed)"]
+
+
+def first_admin(rt: Runtime, *, host: str, port: int) -> None:
+    """With no staff accounts yet, create an admin and print its one-time password, once."""
+    for line in create_first_admin(rt, host=host, port=port):
+        print(line)
+
+
+def ready_summary(rt: Runtime, *, host: str, port: int, login: list[str]) -> str:
+    """What ``aftercare run`` prints once it is up: where, a warning if the clinic details are
+    placeholders, and the admin login (last, so nothing scrolls it away)."""
+    where = "embedded default" if rt.settings.embedded else "configured database"
+    rule = "-" * 78
+    lines = [
+        rule,
+        f"Aftercare is running at http://{host}:{port} ({where}; data in {rt.settings.data_dir})",
+    ]
+    warning = rt.settings.clinic_warning()
+    if warning:
+        lines += ["", *textwrap.wrap(f"WARNING: {warning}", 78, subsequent_indent="  ")]
+    if login:
+        lines += ["", *login]
+    elif first_login_path(rt).exists():
+        lines += ["", f"The first admin login is in {first_login_path(rt)}."]
+    return "\n".join([*lines, rule])
+
+
+def _announce_when_ready(
+    rt: Runtime, server: Any, summary: str, *, since: datetime, timeout: float = READY_WAIT
+) -> None:
+    """Print ``summary`` once the web server is listening and beat, the worker and the database
+    have run one dispatch (its heartbeat), or after ``timeout`` seconds whatever happened."""
+    from aftercare.ops import heartbeat
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.started:
+            with rt.db.session() as db_session:
+                last = heartbeat.last_beat(db_session, name=heartbeat.DISPATCHER)
+            if last is not None and _aware(last) >= since:
+                break
+        time.sleep(0.5)
+    print(summary, flush=True)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def uvicorn_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
@@ -134,18 +204,25 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     except SchemaOutdated as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if rt.settings.embedded:
-        first_admin(rt, host=host, port=port)
+    login = create_first_admin(rt, host=host, port=port) if rt.settings.embedded else []
+    started = rt.clock.now()
     procs = children(rt)
     for child in procs:
         child.start()
         threading.Thread(target=child.watch, daemon=True, name=f"watch-{child.name}").start()
-    where = "embedded default" if rt.settings.embedded else "configured database"
-    print(f"Aftercare is running at http://{host}:{port} ({where}; data in {rt.settings.data_dir})")
     try:
         configure_logging(rt.settings.log_level)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.Server(uvicorn_config(create_app(), host=host, port=port)).run()
+        server = uvicorn.Server(uvicorn_config(create_app(), host=host, port=port))
+        summary = ready_summary(rt, host=host, port=port, login=login)
+        threading.Thread(
+            target=_announce_when_ready,
+            args=(rt, server, summary),
+            kwargs={"since": started},
+            daemon=True,
+            name="announce",
+        ).start()
+        server.run()
     finally:
         for child in procs:
             child.stop()

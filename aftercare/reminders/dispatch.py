@@ -148,6 +148,14 @@ def claim_order(settings: Settings) -> Order | None:
     return sender_turns(senders) if len(senders) > 1 else None
 
 
+def held_back_by(settings: Settings) -> str | None:
+    """Why no reminder may be claimed now, or None. With a production database or broker, a
+    clinic name or phone still a placeholder holds every reminder back: they stay ``scheduled``
+    in the database (nothing lost, nothing half-sent) and go out, under the usual catch-up
+    rules, once the settings are set and the service restarted."""
+    return settings.clinic_warning() if settings.production else None
+
+
 def dispatch_due(
     *,
     db: Database,

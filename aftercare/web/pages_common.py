@@ -14,6 +14,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import jinja2
+import phonenumbers
 from fastapi import Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -92,6 +93,30 @@ AUDIT_ACTIONS: Final = {
     "import": "Imported sessions",
 }
 CHANNEL_NAMES: Final = {"sms": "SMS", "email": "Email"}
+# The clinic's country: numbers there are shown as its people write them (07911 123456), others
+# in international form. The same region phone numbers are parsed in (validation.clean_phone).
+CLINIC_REGION: Final = "GB"
+# Dates as the clinic writes them, shown and typed alike, whatever the browser's language.
+DATE_FORMAT: Final = "%d/%m/%Y"
+DATE_HINT: Final = "DD/MM/YYYY"
+
+
+def phone(value: str | None) -> str:
+    """An E.164 number as staff read it: national for the clinic's country, else international."""
+    if not value:
+        return ""
+    try:
+        number = phonenumbers.parse(value, CLINIC_REGION)
+    except phonenumbers.NumberParseException:
+        return value
+    # By country code, not region: +44 7911 is Jersey's range, still dialled 07911 in the UK.
+    home = number.country_code == phonenumbers.country_code_for_region(CLINIC_REGION)
+    kind = (
+        phonenumbers.PhoneNumberFormat.NATIONAL
+        if home
+        else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    )
+    return str(phonenumbers.format_number(number, kind))
 
 
 def when(value: datetime | None, zone: str | ZoneInfo, *, show_zone: bool = True) -> str:
@@ -146,7 +171,9 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         flag_kinds=FLAG_KINDS,
         audit_actions=AUDIT_ACTIONS,
         channel_names=CHANNEL_NAMES,
+        date_hint=DATE_HINT,
     )
+    env.filters["phone"] = phone
     return env
 
 

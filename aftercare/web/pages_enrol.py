@@ -31,7 +31,7 @@ from aftercare.sessions.service import SessionRequest, validate_request
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, error_text, redirect, render
+from aftercare.web.pages_common import DATE_FORMAT, PageRoute, error_text, redirect, render
 from aftercare.web.pages_course import CourseView, course_view, matches_to_confirm, prefill
 from aftercare.web.pages_enrol_form import (
     CONTRAINDICATIONS,
@@ -42,10 +42,12 @@ from aftercare.web.pages_enrol_form import (
     EnrolForm,
     check_timing,
     field_id,
+    form_position,
     merge_errors,
     param_ids,
     session_request,
 )
+from aftercare.web.pages_preview import MessageText, message_texts
 from aftercare.web.pages_regimen import param_fields, preview_rows, zone_names
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
@@ -88,6 +90,7 @@ def _page(
         if fid not in by_field:
             by_field[fid] = text
             summary.append((fid, text))
+    summary.sort(key=lambda item: form_position(item[0]))  # stable: params keep their order
     return render(
         rt,
         "enrol.html",
@@ -102,10 +105,32 @@ def _page(
         errors=by_field,
         summary=summary,
         rows=preview_rows(planned, regimen) if planned and regimen else [],
+        texts=_texts(rt, values, planned, regimen, treated_at),
         to_send=sum(1 for p in planned if p.state != "skipped"),
         zone=values.timezone if planned else "",
         previewed=previewed,
         known=known,
+    )
+
+
+def _texts(
+    rt: Runtime,
+    values: EnrolForm,
+    planned: Sequence[PlannedReminder],
+    regimen: Regimen | None,
+    treated_at: datetime | None,
+) -> dict[tuple[str, int], list[MessageText]]:
+    """The preview's messages as the patient will read them (with the name entered)."""
+    if not planned or regimen is None or treated_at is None:
+        return {}
+    return message_texts(
+        rt=rt,
+        regimen=regimen,
+        planned=planned,
+        patient_name=values.name or "Patient",
+        timezone=values.timezone,
+        treated_at=treated_at,
+        parameters=regimen.resolve_parameters(dict(values.parameters)),
     )
 
 
@@ -115,7 +140,7 @@ def _defaults(rt: Runtime) -> EnrolForm:
     ids = rt.registry.ids()
     return EnrolForm(
         timezone=zone,
-        treated_date=local.date().isoformat(),
+        treated_date=f"{local:{DATE_FORMAT}}",
         treated_time=f"{local:%H:%M}",
         regimen="micro-sclerotherapy" if "micro-sclerotherapy" in ids else (ids[0] if ids else ""),
     )

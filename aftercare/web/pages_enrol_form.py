@@ -23,6 +23,7 @@ from aftercare.sessions.validation import (
     clean_channels,
     clean_timezone,
 )
+from aftercare.web.pages_regimen import typed_zone
 from aftercare.web.web_auth import field as text_field
 
 CONTRAINDICATIONS: Final = (
@@ -53,6 +54,29 @@ INSTEAD: Final = {
 }
 # A row id as a form sends it (at most 2**31 - 1).
 _ID: Final = re.compile(r"[1-9][0-9]{0,8}")
+# The form's fields top to bottom ("param-" stands for each regimen parameter): the error
+# summary lists errors in this order, as a reader meets the fields.
+FORM_ORDER: Final = (
+    "name",
+    "phone",
+    "email",
+    "timezone",
+    "channel-sms",
+    "patient_choice",
+    "regimen",
+    "treated_date",
+    "param-",
+    "contra-no-dvt",
+    "consent",
+)
+
+
+def form_position(fid: str) -> int:
+    """Where field ``fid`` sits on the form (unknown ids last)."""
+    key = "param-" if fid.startswith("param-") else fid
+    return FORM_ORDER.index(key) if key in FORM_ORDER else len(FORM_ORDER)
+
+
 # Fields that decide the timeline: their errors are shown by "Preview" too.
 TIMING: Final = frozenset({"timezone", "channel-sms", "treated_date", "regimen"})
 
@@ -91,7 +115,7 @@ class EnrolForm:
             name=text_field(form, "name", limit=300),
             phone=text_field(form, "phone", limit=60),
             email=text_field(form, "email", limit=300),
-            timezone=text_field(form, "timezone", limit=100).strip(),
+            timezone=typed_zone(text_field(form, "timezone", limit=100).strip()),
             channels=[c for c in form.getlist("channels") if isinstance(c, str)][:4],
             treated_date=text_field(form, "treated_date", limit=40).strip(),
             treated_time=text_field(form, "treated_time", limit=40).strip(),
@@ -133,10 +157,13 @@ def _parse_date(text: str) -> date | None:
 
 
 def _parse_time(text: str) -> time | None:
-    try:
-        return time.fromisoformat(text) if text else None
-    except ValueError:
-        return None
+    """``14:30``, ``9:30`` or ``09.30`` (24-hour clock); None for anything else."""
+    for pattern in ("%H:%M", "%H.%M", "%H:%M:%S"):
+        try:
+            return datetime.strptime(text, pattern).time()  # noqa: DTZ007 - a time of day alone
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass

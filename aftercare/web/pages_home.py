@@ -56,6 +56,9 @@ def dashboard(
             db_session, month_start=local_instant(local.replace(day=1), time(0), zone)
         ),
         outcome_labels=OUTCOME_LABELS,
+        clinic_warning=rt.settings.clinic_warning(),
+        # Only Twilio reports delivery (status callbacks); console and outbox never do.
+        no_receipts=rt.settings.sms_transport != "twilio",
     )
 
 

@@ -24,7 +24,7 @@ from aftercare.web import pages_queries as queries
 from aftercare.web.auth import DbSession
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.pages_common import PageRoute, error_text, notice, redirect, render
-from aftercare.web.pages_regimen import zone_names
+from aftercare.web.pages_regimen import typed_zone, zone_names
 from aftercare.web.pages_timeline import session_view, still_to_come
 from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.web_auth import field as text_field
@@ -79,7 +79,7 @@ class ContactForm:
             name=text_field(form, "name", limit=300),
             phone=text_field(form, "phone", limit=60),
             email=text_field(form, "email", limit=300),
-            timezone=text_field(form, "timezone", limit=100).strip(),
+            timezone=typed_zone(text_field(form, "timezone", limit=100).strip()),
             channels=[c for c in form.getlist("channels") if isinstance(c, str)][:4],
         )
 

@@ -11,7 +11,7 @@ from typing import Final
 
 from aftercare.planning.planner import PlannedReminder
 from aftercare.regimens.model import Parameter, Regimen
-from aftercare.sessions.validation import patient_zones
+from aftercare.sessions import zones
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class PreviewRow:
     title: str
     channels: list[str]
     skipped: bool
+    step: str = ""
+    occurrence: int = 0
 
 
 def preview_rows(planned: Sequence[PlannedReminder], regimen: Regimen) -> list[PreviewRow]:
@@ -37,7 +39,9 @@ def preview_rows(planned: Sequence[PlannedReminder], regimen: Regimen) -> list[P
         key = (item.step, item.occurrence, item.due_utc, item.state)
         if key not in rows:
             title = step_title(regimen, item.step, item.occurrence, counts)
-            rows[key] = PreviewRow(item.due_utc, title, [], item.state == "skipped")
+            rows[key] = PreviewRow(
+                item.due_utc, title, [], item.state == "skipped", item.step, item.occurrence
+            )
         rows[key].channels.append(item.channel)
     return list(rows.values())
 
@@ -110,5 +114,11 @@ def param_fields(regimen: Regimen | None, chosen: dict[str, str]) -> list[ParamF
 
 @lru_cache(maxsize=1)
 def zone_names() -> list[str]:
-    """The zones the form offers: every zone a patient can be in (clean_timezone's rule)."""
-    return sorted(patient_zones())
+    """The zones the time zone field suggests (each one valid)."""
+    return list(zones.zone_names())
+
+
+def typed_zone(text: str) -> str:
+    """The zone field as typed, a city read as its zone ("London" -> "Europe/London"); anything
+    else is left for the validation to name."""
+    return (zones.zone_for(text) if text else None) or text

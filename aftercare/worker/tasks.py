@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,9 @@ from aftercare.runtime import Runtime, get_runtime
 from aftercare.worker.app import app
 
 log = logging.getLogger(__name__)
+# While dispatch is held back (placeholder clinic details), say so at most this often.
+HELD_WARNING_EVERY = 300.0
+_held_warned_at: float | None = None
 
 # Dispatch intervals a reminder may wait in ``queued`` before a recovery pass that found a gone
 # worker gives it back to the schedule.
@@ -45,6 +49,14 @@ def publish_send(ids: Sequence[int]) -> None:
 def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
     """Claim due reminders and enqueue send tasks carrying their ids."""
     rt = self.runtime
+    held = dispatch.held_back_by(rt.settings)
+    if held is not None:
+        _warn_held(held)
+        with rt.db.session() as db_session:
+            heartbeat.beat(
+                db_session, name=heartbeat.DISPATCHER, now=rt.clock.now(), detail={"held": held}
+            )
+        return {"held": 1}
     summary = dispatch.dispatch_due(
         db=rt.db,
         clock=rt.clock,
@@ -64,6 +76,14 @@ def dispatch_reminders(self: AftercareTask) -> dict[str, int]:
     if summary.claimed or summary.held_back:
         log.info("dispatched", extra=summary.as_dict())
     return summary.as_dict()
+
+
+def _warn_held(reason: str) -> None:
+    global _held_warned_at  # noqa: PLW0603 - one reminder to the operator per few minutes
+    now = time.monotonic()
+    if _held_warned_at is None or now - _held_warned_at >= HELD_WARNING_EVERY:
+        _held_warned_at = now
+        log.warning("dispatch held back: %s", reason)
 
 
 @app.task(base=AftercareTask, bind=True, name="aftercare.send")

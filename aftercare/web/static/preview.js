@@ -25,7 +25,7 @@
     window.clearTimeout(timer);
     timer = window.setTimeout(refresh, 400);
   }
-  var timing = ["timezone", "channels", "treated_date", "treated_time", "regimen"];
+  var timing = ["name", "timezone", "channels", "treated_date", "treated_time", "regimen"];
   if (!target.querySelector("table")) { refresh(); }
   form.addEventListener("change", function (event) {
     var name = event.target && event.target.name;
