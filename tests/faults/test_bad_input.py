@@ -372,7 +372,11 @@ CLI_ENROL = [
     ("treated-at", "0001-01-01T00:00:00+14:00", "treated-at: is out of range"),
     ("treated-at", "9999-12-31T23:59:59-14:00", "treated-at: is out of range"),
     ("treated-at", "0001-01-01T00:00:00+00:00", "treated-at: is out of range"),
-    ("treated-at", "2026-02-30T10:00:00+00:00", "treated-at: is not an ISO-8601"),
+    (
+        "treated-at",
+        "2026-02-30T10:00:00+00:00",
+        "treated-at: '2026-02-30T10:00:00+00:00' is not a date",
+    ),
     ("phone", "07911 ABC456", "phone: is not a phone number (only digits"),
     ("phone", "09067 123456", "phone: is not a mobile number"),
     ("timezone", "../../etc/passwd", "timezone: '../../etc/passwd' is not an IANA time zone"),
@@ -399,7 +403,8 @@ def test_cli_enrol_and_preview_with_a_bad_flag_exit_2_with_one_line_and_store_no
     if flag not in contact:  # preview takes the session's flags only
         runs.append(("preview", session))
     for command, values in runs:
-        result = _invoke(world, command, *_flags({**values, flag: value}))
+        confirmations = ["--consent", "--contraindications-checked"] if command == "enrol" else []
+        result = _invoke(world, command, *_flags({**values, flag: value}), *confirmations)
         assert result.exit_code == 2, (command, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1, (command, result.output)
@@ -482,8 +487,8 @@ HOOKS = [
     _form(INBOUND, _inbound_params(MessageSid="SM1' OR '1'='1"), 400, "MessageSid", "sid-sql"),
     _form(INBOUND, _inbound_params(MessageSid="SM" + "a" * 63), 400, "MessageSid", "sid-too-long"),
     _form(INBOUND, _inbound_params(MessageSid="SM\x00"), 400, "MessageSid", "sid-nul"),
-    _form(INBOUND, _inbound_params(Body="x" * MB), 413, "larger than", "body-one-megabyte"),
-    _form(INBOUND, _inbound_params(Body="x" * 70_000), 413, "larger than", "body-70-kilobytes"),
+    _form(INBOUND, _inbound_params(Body="x" * MB), 413, "Content Too Large", "body-one-megabyte"),
+    _form(INBOUND, _inbound_params(Body="x" * 70_000), 413, "Content Too Large", "body-70-kilobytes"),
     _form(
         INBOUND,
         {f"f{i}": "1" for i in range(1001)} | _inbound_params(),
@@ -554,7 +559,8 @@ def test_a_signed_webhook_with_a_bad_payload_is_refused_and_changes_nothing(
         content = hook.body
     response = world.client.post(hook.path, content=content, headers=headers)
     assert response.status_code == hook.status, response.text[:300]
-    assert hook.reason in response.json()["detail"]
+    # The app-wide body limit answers 413 before the route reads anything, in plain text.
+    assert hook.reason in response.text
 
 
 def test_a_signed_inbound_sms_with_a_nul_is_kept_without_it(world: World) -> None:

@@ -170,7 +170,18 @@ def test_under_umask_022_aftercare_run_keeps_every_file_0600_and_every_folder_07
             except httpx.TransportError:
                 time.sleep(0.2)
         enrolled = subprocess.run(
-            [*cli, "enrol", "--name", NAME, "--phone", "07911 123456", "--email", EMAIL],
+            [
+                *cli,
+                "enrol",
+                "--name",
+                NAME,
+                "--phone",
+                "07911 123456",
+                "--email",
+                EMAIL,
+                "--consent",
+                "--contraindications-checked",
+            ],
             env=env,
             umask=0o022,
             capture_output=True,
