@@ -26,6 +26,7 @@ from aftercare.messages.gsm import sms_encoding
 from aftercare.messages.render import MessageRenderer
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
+from aftercare.sessions.actions import erase_patient
 from aftercare.storage.models import (
     AuditEvent,
     Flag,
@@ -37,7 +38,10 @@ from aftercare.storage.models import (
 from aftercare.web.app import create_app
 from tests.conftest import REPO
 from tests.factories import PATIENT_PHONE, enrol
+from tests.test_api import add_staff as add_api_staff
 from tests.test_delivery import claim_all, deliver_all, keep_only, sent_log
+from tests.test_pages import NURSE, log_in
+from tests.test_pages import add_staff as add_page_staff
 
 if TYPE_CHECKING:
     from httpx2 import Response  # what starlette's TestClient answers with
@@ -363,7 +367,8 @@ def test_message_from_unknown_number_then_stored_without_patient(
     assert assert_twiml(twilio.sms("hello?", sender=STRANGER)) == EMPTY_TWIML
     [message] = inbound(rt)
     assert (message.patient_id, message.session_id, message.from_number) == (None, None, STRANGER)
-    assert flags(rt) == []  # a flag needs a patient; the stored message is there for staff
+    [flag] = flags(rt)  # nobody understood it, so staff read it, whoever sent it
+    assert (flag.kind, flag.patient_id, flag.inbound_id) == ("unrecognised_reply", None, message.id)
 
 
 def test_urgent_message_from_unknown_number_then_still_answered_with_safety_advice(
@@ -373,6 +378,51 @@ def test_urgent_message_from_unknown_number_then_still_answered_with_safety_advi
     text = assert_twiml(response, "<Message>", "111", "999")
     assert "call you back" not in text  # we do not know who they are
     assert [m.kind for m in inbound(rt)] == ["urgent"]
+
+
+def test_urgent_message_from_unknown_number_then_flagged_and_listed_for_staff(
+    rt: Runtime, twilio: FakeTwilio
+) -> None:
+    """Issue 12, item 13: staff must see an urgent text whoever sent it."""
+    enrol(rt)
+    twilio.sms("my leg is hot and swollen", sender=STRANGER)
+
+    [flag] = flags(rt)
+    [message] = inbound(rt)
+    assert (flag.kind, flag.urgent, flag.patient_id, flag.inbound_id) == (
+        "urgent_reply",
+        True,
+        None,
+        message.id,
+    )
+    _, token = add_api_staff(rt, "api-nurse@example.org", "staff")
+    listed = twilio.client.get("/api/v1/flags", headers={"Authorization": f"Bearer {token}"})
+    assert [(f["id"], f["patient_id"]) for f in listed.json()] == [(flag.id, None)]
+
+    add_page_staff(rt, NURSE, "staff")
+    staff = TestClient(twilio.client.app, base_url=PUBLIC, follow_redirects=False)
+    assert log_in(staff).status_code == 303
+    for path in ("/flags", "/"):
+        page = staff.get(path)
+        assert page.status_code == 200, page.text
+        assert f'href="tel:{STRANGER}"' in page.text
+        assert "Unknown number" in page.text
+        assert "my leg is hot and swollen" in page.text
+
+
+def test_flag_on_a_text_from_a_number_later_erased_then_its_quote_is_scrubbed(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    twilio.sms("my leg is hot and swollen", sender=PATIENT_PHONE)  # before they were enrolled
+    clock.advance(timedelta(minutes=5))
+    session_id = enrol(rt)
+    with rt.db.session() as s:
+        patient_id = s.get_one(TreatmentSession, session_id).patient_id
+    with rt.db.session() as s:
+        erase_patient(db_session=s, patient_id=patient_id, actor_id=None, now=clock.now())
+    [flag] = flags(rt)
+    assert flag.patient_id is None
+    assert "swollen" not in flag.text
 
 
 def test_stop_from_unknown_number_then_stored_and_nobody_changed(
@@ -535,7 +585,7 @@ def test_erased_patient_then_not_matched(
     twilio.sms("my calf hurts")
     [message] = inbound(rt)
     assert message.patient_id is None
-    assert flags(rt) == []
+    assert [(f.patient_id, f.inbound_id) for f in flags(rt)] == [(None, message.id)]
 
 
 # --- Reply templates -------------------------------------------------------------------------

@@ -25,14 +25,15 @@ def raise_flag(
     db_session: Session,
     *,
     kind: str,
-    patient_id: int,
+    patient_id: int | None,
     text: str,
     now: datetime,
     session_id: int | None = None,
     reminder_id: int | None = None,
     inbound_id: int | None = None,
 ) -> Flag:
-    """Record a flag (no commit). ``urgent_reply`` and ``checkin_concern`` are urgent."""
+    """Record a flag (no commit). ``urgent_reply`` and ``checkin_concern`` are urgent.
+    ``patient_id`` is None for a text from a number no patient has."""
     if kind not in KINDS:
         raise ValueError(f"unknown flag kind {kind!r}")
     flag = Flag(

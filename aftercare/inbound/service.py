@@ -3,7 +3,7 @@ answer, or flag it for staff, and say what to reply.
 
 The message is stored before anything else, keyed by the provider's id, so a webhook that is
 retried is recognised and answered the same way without acting twice. Nothing is ever dropped:
-a message nobody understood is stored and flagged, and one from an unknown number is stored too.
+a message nobody understood is stored and flagged, whether or not the number is a patient's.
 Logs carry ids and the classification only, never the text or the number.
 """
 
@@ -252,14 +252,12 @@ class _Context:
 
 
 def _flag(ctx: _Context, kind: str, text: str) -> None:
-    if ctx.patient is None:
-        # Flags need a patient; the message itself is stored with its kind for staff to find.
-        log.warning("inbound %s (%s) from an unknown number: not flagged", ctx.message.id, kind)
-        return
+    # A text from a number no patient has is flagged too (patient_id None): it may be a patient
+    # writing from another phone, or a relative; the flag links to the message and its number.
     raise_flag(
         ctx.db_session,
         kind=kind,
-        patient_id=ctx.patient.id,
+        patient_id=ctx.patient.id if ctx.patient else None,
         session_id=ctx.session.id if ctx.session else None,
         inbound_id=ctx.message.id,
         text=text,

@@ -206,7 +206,8 @@ class Flag(Base):
     __tablename__ = "flags"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    # None for a text from a number no patient has (its inbound message holds the number).
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
     reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
