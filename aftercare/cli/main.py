@@ -327,8 +327,14 @@ def run(
 ) -> None:
     """Run everything in one go (web app, worker and beat) on the embedded default."""
     from aftercare.cli.supervise import run_all
+    from aftercare.triage.data import TriageDataError
 
     rt = _runtime()
+    _registry(rt)
+    try:
+        rt.triage  # noqa: B018  (reads and checks the triage data before anything starts)
+    except TriageDataError as exc:
+        fail(str(exc))
     raise typer.Exit(run_all(rt, host=host, port=port))
 
 

@@ -1,0 +1,233 @@
+"""Triage one reply: its severity, what it asks for, and the signs found (labels only).
+
+Pure: text in, a :class:`Verdict` out, from the engine's reading (:mod:`.engine`), the language
+guard (:mod:`.language`) and the keywords (vocabulary.yaml). The rules, in order:
+
+1. A message that is only an opt-out keyword (STOP, ..., REVOKE, OPTOUT; "STOP please" too) is an
+   opt-out, as Twilio reads it. START/UNSTOP/YES, HELP/INFO and BOOK alone likewise.
+2. A message confidently in another of our languages is not understood: urgent, "needs an
+   interpreter".
+3. Each sign found counts unless its context denies it, puts it in the past and over, or only
+   asks about it. Somebody else's sign is a concern; a played-down urgent sign ("a bit sore") is
+   a concern. The severity is the worst sign that counts.
+4. A request to stop in words opts out (besides any sign, which is still acted on); a request for
+   another session is a booking; then a check-in answer (digit or words), never when a sign of
+   urgent or worse counts; then a question (concern), thanks and chatter (info), and otherwise
+   not understood.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from aftercare.triage.data import RANK, Severity, TriageData
+from aftercare.triage.engine import Engine, Found, Reading, engine_for, normalise, worst
+from aftercare.triage.language import ENGLISH, LanguageGuard
+
+Kind = Literal[
+    "opt_out",
+    "opt_in",
+    "help",
+    "booking",
+    "checkin_answer",
+    "urgent",
+    "concern",
+    "question",
+    "expected",
+    "chatter",
+    "unrecognised",
+]
+CHECKIN_ANSWERS: Final = ("1", "2", "3")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reply is. ``signs`` are labels from vocabulary.yaml, never the patient's words."""
+
+    kind: Kind
+    severity: Severity
+    signs: tuple[str, ...] = ()
+    keyword: str | None = None
+    answer: str | None = None
+    language: str = ENGLISH
+    advice: tuple[str, ...] = ()
+    stop: bool = False
+    booking: bool = False
+    # The message may describe a symptom: it is always answered, never rate-limited.
+    symptom: bool = False
+
+    @property
+    def emergency(self) -> bool:
+        return self.severity == "emergency"
+
+    @property
+    def interpreter(self) -> bool:
+        return self.language != ENGLISH and self.kind == "unrecognised"
+
+    @property
+    def alarm(self) -> bool:
+        """Urgent or worse."""
+        return RANK[self.severity] <= RANK["urgent"]
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(".,!?'\"-()*:;") for w in normalise(text).split() if w.strip(".,!?'\"-()*:;")]
+
+
+def _answer_digit(words: list[str]) -> str | None:
+    """ "1", "3.", "2) some left": a check-in digit standing first and alone as a word."""
+    if words and words[0] in CHECKIN_ANSWERS:
+        return words[0]
+    return None
+
+
+def _counts(found: Found, reading: Reading) -> bool:
+    if found.negated or found.historical or found.hypothetical:
+        return False
+    return not (found.past and reading.resolved)
+
+
+@dataclass(frozen=True)
+class Triager:
+    """Everything triage needs, built once per process."""
+
+    data: TriageData
+    engine: Engine
+    language: LanguageGuard
+
+    def warm(self) -> None:
+        """Load the pipeline and the language models now rather than on the first reply."""
+        self.engine.warm()
+        self.language.detect("Dzień dobry, jak się masz dzisiaj?", english_share=0.0)
+
+    def keyword(self, words: list[str]) -> tuple[Kind, str] | None:
+        """(kind, KEYWORD) when the message is one keyword and courtesy words ("STOP please")."""
+        keywords = self.data.vocabulary.keywords
+        core = [w for w in words if w not in keywords.courtesy]
+        if len(core) != 1:
+            return None
+        word = core[0].upper()
+        choices: tuple[tuple[Kind, frozenset[str]], ...] = (
+            ("opt_out", keywords.opt_out),
+            ("opt_in", keywords.opt_in),
+            ("help", keywords.help),
+            ("booking", keywords.book),
+        )
+        for kind, known in choices:
+            if word in known:
+                return kind, word
+        return None
+
+    def triage(self, text: str) -> Verdict:
+        words = _words(text)
+        keyword = self.keyword(words)
+        if keyword is not None:
+            kind, word = keyword
+            return Verdict(
+                kind,
+                "concern" if kind == "booking" else "info",
+                keyword=word,
+                stop=kind == "opt_out",
+                booking=kind == "booking",
+            )
+        reading = self.engine.read(text)
+        share = reading.known_words / reading.words if reading.words else 1.0
+        language = self.language.detect(text, english_share=share)
+        if language != ENGLISH:
+            return Verdict("unrecognised", "urgent", language=language, symptom=True)
+        return self._english(reading, words, asks="?" in text)
+
+    def _english(self, reading: Reading, words: list[str], *, asks: bool) -> Verdict:
+        signs = self.data.vocabulary.signs
+        counted: dict[str, Severity] = {}
+        for found in reading.signs:
+            if not _counts(found, reading):
+                continue
+            level = signs[found.name].severity
+            if found.other_person:
+                level = "concern" if RANK[level] < RANK["concern"] else level
+            elif found.mild and level == "urgent":
+                level = "concern"
+            if found.name not in counted or RANK[level] < RANK[counted[found.name]]:
+                counted[found.name] = level
+        severity = worst(counted.values())
+        # The expected after-effects are named only when nothing else is.
+        alarming = [n for n, s in counted.items() if RANK[s] <= RANK["concern"]]
+        names = alarming or list(counted)
+        labels = tuple(signs[n].label for n in sorted(names, key=lambda n: RANK[counted[n]]))
+        advice = tuple(sorted({a for n in names if (a := signs[n].advice)}))
+        symptom = bool(reading.signs)
+        stop = reading.has_intent("stop_request")
+        booking = reading.has_intent("booking")
+
+        def make(kind: Kind, level: Severity, answer: str | None = None) -> Verdict:
+            return Verdict(
+                kind,
+                level,
+                signs=labels,
+                answer=answer,
+                advice=advice,
+                stop=stop,
+                booking=booking or kind == "booking",
+                symptom=symptom,
+            )
+
+        if severity is not None and RANK[severity] <= RANK["urgent"]:
+            return make("urgent", severity)
+        if stop:
+            return make("opt_out", severity or "info")
+        if booking:
+            return make("booking", "concern")
+        answer = self._checkin(reading, words)
+        if answer is not None:
+            concerning = answer == "3" or severity == "concern"
+            return make("checkin_answer", "concern" if concerning else "info", answer)
+        if severity == "concern":
+            return make("concern", "concern")
+        if asks or reading.has_intent("question"):
+            return make("question", "concern")
+        if severity == "info" or symptom:
+            # Expected after-effects, or signs only denied or over: answered, no alarm.
+            return make("expected", "info")
+        if reading.has_intent("thanks"):
+            return make("chatter", "info")
+        return make("unrecognised", "concern")
+
+    @staticmethod
+    def _checkin(reading: Reading, words: list[str]) -> str | None:
+        levels = set()
+        digit = _answer_digit(words)
+        if digit:
+            levels.add(digit)
+        for found in reading.intents:
+            if not found.name.startswith("checkin_") or found.hypothetical:
+                continue
+            level = found.name[-1]
+            if found.historical or (found.past and reading.resolved):
+                continue
+            if found.negated:
+                # "not faded", "hasn't gone": still fading; "not dark", "not sore": faded.
+                level = {"1": "2", "3": "1"}.get(level, level)
+            levels.add(level)
+        return max(levels) if levels else None
+
+
+_TRIAGERS: dict[Path, Triager] = {}
+_LOCK = threading.Lock()
+
+
+def triager_for(folder: Path) -> Triager:
+    """The process's triager for a data folder: the data read and checked on the first call,
+    the language models and the pipeline loaded on the first reply (or :meth:`Triager.warm`)."""
+    key = folder.resolve()
+    with _LOCK:
+        found = _TRIAGERS.get(key)
+        if found is None:
+            engine = engine_for(key)
+            found = _TRIAGERS[key] = Triager(
+                engine.data, engine, LanguageGuard(engine.data.answers.languages)
+            )
+        return found
