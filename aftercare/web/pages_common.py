@@ -68,6 +68,8 @@ FLAG_KINDS: Final = {
     "urgent_reply": "Urgent reply",
     "checkin_concern": "Check-in concern",
     "unrecognised_reply": "Reply to read",
+    "booking_request": "Wants another session",
+    "opt_out": "Stopped texts",
     "delivery_failed": "Delivery failed",
     "stale_reminder": "Reminder stuck",
 }

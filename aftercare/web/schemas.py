@@ -208,6 +208,7 @@ class FlagOut(BaseModel):
     patient_id: int | None = Field(description="None for a text from a number no patient has.")
     session_id: int | None
     kind: str
+    severity: Literal["emergency", "urgent", "concern", "info"]
     created_at: Instant
     text: str
 
