@@ -18,7 +18,9 @@ guard (:mod:`.language`) and the keywords (vocabulary.yaml). The rules, in order
 
 from __future__ import annotations
 
+import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -77,11 +79,17 @@ def _words(text: str) -> list[str]:
     return [w.strip(".,!?'\"-()*:;") for w in normalise(text).split() if w.strip(".,!?'\"-()*:;")]
 
 
-def _answer_digit(words: list[str]) -> str | None:
-    """ "1", "3.", "2) some left": a check-in digit standing first and alone as a word."""
-    if words and words[0] in CHECKIN_ANSWERS:
-        return words[0]
-    return None
+# "1", "3.", "(3)", "1 - all gone", "2) some": an answer digit standing alone at the start (but
+# not "2 weeks", "10" or "3:30"). A format, like a keyword, not language.
+_ANSWER_DIGIT: Final = re.compile(
+    r"^[\W_]*([123])(?:[\W_]*$|(?:\s*[-.,:;)!]+\s+|\s+[-.,:;)!]+\s*)\S)"
+)
+
+
+def _answer_digit(text: str) -> str | None:
+    """The check-in digit a message starts with, if it stands alone."""
+    found = _ANSWER_DIGIT.match(unicodedata.normalize("NFKC", text).strip())
+    return found.group(1) if found else None
 
 
 def _counts(found: Found, reading: Reading) -> bool:
@@ -138,9 +146,9 @@ class Triager:
         language = self.language.detect(text, english_share=share)
         if language != ENGLISH:
             return Verdict("unrecognised", "urgent", language=language, symptom=True)
-        return self._english(reading, words, asks="?" in text)
+        return self._english(reading, text, asks="?" in text)
 
-    def _english(self, reading: Reading, words: list[str], *, asks: bool) -> Verdict:
+    def _english(self, reading: Reading, text: str, *, asks: bool) -> Verdict:
         signs = self.data.vocabulary.signs
         counted: dict[str, Severity] = {}
         for found in reading.signs:
@@ -157,7 +165,9 @@ class Triager:
         # The expected after-effects are named only when nothing else is.
         alarming = [n for n, s in counted.items() if RANK[s] <= RANK["concern"]]
         names = alarming or list(counted)
-        labels = tuple(signs[n].label for n in sorted(names, key=lambda n: RANK[counted[n]]))
+        order = list(signs)
+        names.sort(key=lambda n: (RANK[counted[n]], order.index(n)))
+        labels = tuple(signs[n].label for n in names)
         advice = tuple(sorted({a for n in names if (a := signs[n].advice)}))
         symptom = bool(reading.signs)
         stop = reading.has_intent("stop_request")
@@ -181,7 +191,7 @@ class Triager:
             return make("opt_out", severity or "info")
         if booking:
             return make("booking", "concern")
-        answer = self._checkin(reading, words)
+        answer = self._checkin(reading, text)
         if answer is not None:
             concerning = answer == "3" or severity == "concern"
             return make("checkin_answer", "concern" if concerning else "info", answer)
@@ -197,9 +207,9 @@ class Triager:
         return make("unrecognised", "concern")
 
     @staticmethod
-    def _checkin(reading: Reading, words: list[str]) -> str | None:
+    def _checkin(reading: Reading, text: str) -> str | None:
         levels = set()
-        digit = _answer_digit(words)
+        digit = _answer_digit(text)
         if digit:
             levels.add(digit)
         for found in reading.intents:

@@ -52,7 +52,10 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
     sid = _sid(params)
     settings = rt.settings
     replies = Replies(
-        renderer=rt.renderer, clinic_name=settings.clinic_name, clinic_phone=settings.clinic_phone
+        renderer=rt.renderer,
+        clinic_name=settings.clinic_name,
+        clinic_phone=settings.clinic_phone,
+        triage=rt.triage,
     )
     with rt.db.session() as db_session:
         received = receive_sms(
