@@ -85,6 +85,7 @@ class Keywords(_Strict):
 class Vocabulary(_Strict):
     version: int
     spelling: dict[str, str]
+    keep_as_is: frozenset[str] = frozenset()
     groups: dict[str, tuple[str, ...]]
     signs: dict[str, SignSpec]
     intents: dict[str, IntentSpec]
@@ -94,8 +95,8 @@ class Vocabulary(_Strict):
     @classmethod
     def _one_word(cls, spelling: dict[str, str]) -> dict[str, str]:
         for key, value in spelling.items():
-            if not key or " " in key or not value or " " in value:
-                raise ValueError(f"{key!r}: one word each side")
+            if not key or " " in key or not value.strip():
+                raise ValueError(f"{key!r}: one word on the left, some words on the right")
         return spelling
 
     @field_validator("intents")
@@ -131,11 +132,25 @@ class ContextRules(_Strict):
     rules: tuple[ContextRuleSpec, ...]
 
 
+class Phrases(_Strict):
+    thanks: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+
+
 class LanguageSpec(_Strict):
     min_confidence: float = Field(ge=0, le=1)
     min_letters: int = Field(ge=1)
     romanised: dict[str, frozenset[str]]
+    phrases: dict[str, Phrases] = Field(default_factory=dict)
     safety: dict[str, str]
+
+    @field_validator("phrases")
+    @classmethod
+    def _our_languages(cls, phrases: dict[str, Phrases]) -> dict[str, Phrases]:
+        unknown = sorted(set(phrases) - set(LANGUAGES))
+        if unknown:
+            raise ValueError(f"not a language we answer in: {', '.join(unknown)}")
+        return phrases
 
     @field_validator("safety")
     @classmethod

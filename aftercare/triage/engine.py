@@ -12,6 +12,7 @@ rule-based sentencizer, not medspacy's PyRuSH, which logs each message's words a
 
 from __future__ import annotations
 
+import re
 import threading
 import unicodedata
 import warnings
@@ -38,6 +39,7 @@ _CONTEXT_CATEGORY: Final = {
     "terminate": "TERMINATE",
 }
 _INTENT_PREFIX: Final = "intent:"
+_INSIDE_TOO: Final = frozenset({"MILD", "FAMILY"})
 # A word the dictionary does not know is read as the nearest vocabulary word at this rapidfuzz
 # ratio or more (4-letter words need more: one wrong letter of four is a different word).
 FUZZY_CUTOFF: Final = 85.0
@@ -45,6 +47,8 @@ FUZZY_CUTOFF_SHORT: Final = 88.0
 FUZZY_MIN_LENGTH: Final = 4
 _APOSTROPHES: Final = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u02bc": "'"})
 _CACHE_LIMIT: Final = 100_000
+# Characters a reply keeps: letters and digits of any script, spaces, and a little punctuation.
+_NOT_KEPT: Final = re.compile(r"[^\w\s'/&?.,!-]|_")
 
 
 class PatternError(ValueError):
@@ -84,9 +88,7 @@ def normalise(text: str) -> str:
     """NFKC, one kind of apostrophe, lower case; control characters and emoji become spaces."""
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold()
     text = text.replace("/", " / ")  # "8/10" is three words
-    return "".join(
-        ch if ch.isalnum() or ch in " '/&?.,!-" or ch.isspace() else " " for ch in text
-    ).strip()
+    return _NOT_KEPT.sub(" ", text).strip()
 
 
 def _import_quietly() -> None:
@@ -115,17 +117,37 @@ class Lexicon:
         for words in lookups.get_table("lemma_index").values():
             known.update(words)
         self._spelling = dict(data.vocabulary.spelling)
+        # Emoji and other symbols in the spelling table, read as the words they stand for.
+        self._symbols = {k: v for k, v in self._spelling.items() if not k[0].isalnum()}
+        self._skeletons: dict[str, str] = {}
         self.vocabulary = sorted(_vocabulary_words(data))
-        self._vocabulary = frozenset(self.vocabulary)
+        self._keep = frozenset(data.vocabulary.keep_as_is)
         self._known = frozenset(known | set(self.vocabulary) | set(self._spelling))
         self._cache: dict[str, str] = {}
+        self._known_cache: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def known(self, word: str) -> bool:
-        return word in self._known or word in self._lemmas or not word.isalpha()
+        hit = self._known_cache.get(word)
+        if hit is None:
+            hit = word in self._known or word in self._lemmas or not word.isalpha()
+            with self._lock:
+                if len(self._known_cache) >= _CACHE_LIMIT:
+                    self._known_cache.clear()
+                self._known_cache[word] = hit
+        return hit
 
     def lemma(self, word: str) -> str:
         return str(self._lemmas.get(word, word))
+
+    def symbols(self, text: str) -> str:
+        """Emoji and symbols replaced by their words ("🦵🔥" -> " leg  hot ")."""
+        if text.isascii():
+            return text
+        for symbol, words in self._symbols.items():
+            if symbol in text:
+                text = text.replace(symbol, f" {words} ")
+        return text
 
     def respell(self, text: str) -> str:
         """Whole words swapped by the spelling table ("cant" -> "unable"), before spaCy splits
@@ -142,12 +164,11 @@ class Lexicon:
         if hit is not None:
             return hit
         fixed = self._spelling.get(word, word)
-        if fixed in self._vocabulary:
-            # A word the vocabulary uses is its own form: spaCy's lookup table has quirks
-            # ("number" -> "numb", "worse" -> "wrong") that the data must not inherit.
+        if fixed in self._keep:
+            # spaCy's lookup table has quirks ("number" -> "numb", "worse" -> "wrong").
             result = fixed
         elif fixed == word and not self.known(word) and len(word) >= FUZZY_MIN_LENGTH:
-            result = self._nearest(word) or word
+            result = self.lemma(self._nearest(word) or word)
         else:
             result = self.lemma(fixed)
         with self._lock:
@@ -157,11 +178,37 @@ class Lexicon:
         return result
 
     def _nearest(self, word: str) -> str | None:
+        """The vocabulary word a typo stands for: by edit-distance ratio; else one edit away
+        counting a swap of neighbours as one ("pian"); else the same consonants when the
+        vowels were dropped, as in text-speak ("brthe", "chst")."""
         from rapidfuzz import fuzz, process
+        from rapidfuzz.distance import DamerauLevenshtein
 
         cutoff = FUZZY_CUTOFF_SHORT if len(word) <= FUZZY_MIN_LENGTH else FUZZY_CUTOFF
         best = process.extractOne(word, self.vocabulary, scorer=fuzz.ratio, score_cutoff=cutoff)
-        return str(best[0]) if best else None
+        if best:
+            return str(best[0])
+        swapped = process.extractOne(
+            word, self.vocabulary, scorer=DamerauLevenshtein.distance, score_cutoff=1
+        )
+        if swapped and len(swapped[0]) == len(word):
+            return str(swapped[0])
+        if not self._skeletons:
+            for known in self.vocabulary:
+                if len(known) >= FUZZY_MIN_LENGTH:
+                    self._skeletons.setdefault(_skeleton(known), known)
+        vowels = sum(1 for ch in word if ch in _VOWELS)
+        if vowels <= 1 and len(_skeleton(word)) >= 3:
+            return self._skeletons.get(_skeleton(word))
+        return None
+
+
+_VOWELS: Final = frozenset("aeiou")
+
+
+def _skeleton(word: str) -> str:
+    """The first letter and the consonants after it: "breathe" -> "brth"."""
+    return word[:1] + "".join(ch for ch in word[1:] if ch not in _VOWELS)
 
 
 def _vocabulary_words(data: TriageData) -> set[str]:
@@ -224,6 +271,18 @@ def compile_pattern(
     return tokens
 
 
+def expand_first(tokens: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """One pattern per word of the first slot: spaCy tests a single word in C for every token
+    of every message, but calls Python for a set, which made the matcher the slowest part."""
+    first = tokens[0]
+    if "OP" in first:
+        return [tokens]
+    attr, value = next(iter(first.items()))
+    if not isinstance(value, dict):
+        return [tokens]
+    return [[{attr: word}, *tokens[1:]] for word in value["IN"]]
+
+
 class Engine:
     """The spaCy + medspacy pipeline for one triage data folder."""
 
@@ -267,31 +326,41 @@ class Engine:
         vocab = self.data.vocabulary
         canon = self.lexicon.canon
         rules = []
-        for name, sign in vocab.signs.items():
-            for i, pattern in enumerate(sign.patterns):
-                tokens = self._compile(f"signs.{name}.patterns.{i}", pattern, canon)
-                rules.append(TargetRule(literal=pattern, category=name, pattern=tokens))
-        for name, intent in vocab.intents.items():
-            for i, pattern in enumerate(intent.patterns):
-                tokens = self._compile(f"intents.{name}.patterns.{i}", pattern, canon)
-                rules.append(
-                    TargetRule(literal=pattern, category=_INTENT_PREFIX + name, pattern=tokens)
-                )
+        found: list[tuple[str, str, tuple[str, ...]]] = [
+            (f"signs.{n}", n, s.patterns) for n, s in vocab.signs.items()
+        ]
+        found += [
+            (f"intents.{n}", _INTENT_PREFIX + n, i.patterns) for n, i in vocab.intents.items()
+        ]
+        for key, category, patterns in found:
+            for i, pattern in enumerate(patterns):
+                tokens = self._compile(f"{key}.patterns.{i}", pattern, canon)
+                for k, expanded in enumerate(expand_first(tokens)):
+                    # medspacy maps a match back to its rule by the literal: keep each unique.
+                    rules.append(
+                        TargetRule(
+                            literal=f"{category}#{i}.{k}", category=category, pattern=expanded
+                        )
+                    )
         matcher.add(rules)
         modifiers = []
         for i, rule in enumerate(self.data.context.rules):
             terminate = rule.category == "terminate"
             for j, phrase in enumerate(rule.phrases):
                 tokens = self._compile(f"rules.{i}.pattern.{j}", phrase, canon, "context.yaml")
-                modifiers.append(
-                    ConTextRule(
-                        literal=phrase,
-                        category=_CONTEXT_CATEGORY[rule.category],
-                        pattern=tokens,
-                        direction="TERMINATE" if terminate else DIRECTIONS[rule.direction],
-                        max_scope=None if terminate else rule.scope,
+                for k, expanded in enumerate(expand_first(tokens)):
+                    modifiers.append(
+                        ConTextRule(
+                            literal=f"rules.{i}.{j}.{k}",
+                            category=_CONTEXT_CATEGORY[rule.category],
+                            pattern=expanded,
+                            direction="TERMINATE" if terminate else DIRECTIONS[rule.direction],
+                            # A terminator's own scope is kept to its neighbours: medspacy's
+                            # tuple_overlaps misses a scope that contains another whole, so a
+                            # sentence-wide terminator would never cut "not breathless, but".
+                            max_scope=1 if terminate else rule.scope,
+                        )
                     )
-                )
         context.add(modifiers)
         return nlp
 
@@ -311,7 +380,8 @@ class Engine:
 
     def doc(self, text: str) -> Doc:
         nlp = self.nlp
-        doc = nlp.make_doc(self.lexicon.respell(normalise(text)[:2000]))
+        lexicon = self.lexicon
+        doc = nlp.make_doc(lexicon.respell(normalise(lexicon.symbols(text[:2000]))))
         canon = self.lexicon.canon
         for token in doc:
             token.norm_ = canon(token.lower_)
@@ -337,7 +407,15 @@ class Engine:
 
 
 def _found(span: Span) -> Found:
-    categories = {m.category for m in span._.modifiers}
+    # A denial inside the phrase itself ("not" in "the pain will not stop") is part of what
+    # was found, not its context (medspacy's overlap test misses a modifier inside a target);
+    # "a bit" inside "my calf is a bit achy" still plays it down.
+    categories = {
+        m.category
+        for m in span._.modifiers
+        if m.category in _INSIDE_TOO
+        or not (span.start <= m.modifier_span[0] and m.modifier_span[1] <= span.end)
+    }
     return Found(
         name=span.label_,
         negated="NEGATED_EXISTENCE" in categories,

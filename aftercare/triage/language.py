@@ -47,7 +47,10 @@ class LanguageGuard:
 
         codes = [ENGLISH, *LANGUAGES]
         languages = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in codes]
-        return LanguageDetectorBuilder.from_languages(*languages).build()
+        # All models loaded at once (a few seconds, about 300 MB): lazily, the first replies in
+        # each language would each wait for theirs.
+        builder = LanguageDetectorBuilder.from_languages(*languages)
+        return builder.with_preloaded_language_models().build()
 
     def detect(self, text: str, *, english_share: float) -> str:
         """The ISO 639-1 code of ``text``'s language; ``english_share`` is the share of its
@@ -60,7 +63,9 @@ class LanguageGuard:
             if sum(1 for w in words if w in markers) >= ROMANISED_MIN_WORDS and english_share < 0.7:
                 return code
         non_latin = other * 2 > letters
-        if not non_latin and (english_share >= 0.8 or letters < self.spec.min_letters):
+        if not non_latin and (
+            english_share >= 0.8 or (letters < self.spec.min_letters and english_share >= 0.5)
+        ):
             return ENGLISH
         with self._lock:
             values = self.detector.compute_language_confidence_values(text)
@@ -70,6 +75,20 @@ class LanguageGuard:
         code = best.language.iso_code_639_1.name.lower()
         if code == ENGLISH:
             return ENGLISH
-        if non_latin or best.value >= self.spec.min_confidence:
+        # Trusted when confident, in a script of its own, or when an English dictionary knows
+        # under half of the words (then it is not English, whatever the confidence).
+        unknown_words = english_share < 0.5 and letters * 2 >= self.spec.min_letters
+        if non_latin or best.value >= self.spec.min_confidence or unknown_words:
             return code
         return ENGLISH
+
+    def phrase(self, text: str, language: str) -> str | None:
+        """ "stop" or "thanks" when ``text`` holds one of that language's phrases for it."""
+        phrases = self.spec.phrases.get(language)
+        if phrases is None:
+            return None
+        padded = " " + " ".join(w.strip(".,!?'\"") for w in text.casefold().split()) + " "
+        for kind, listed in (("stop", phrases.stop), ("thanks", phrases.thanks)):
+            if any(f" {p.casefold()} " in padded for p in listed):
+                return kind
+        return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -145,8 +145,37 @@ class Triager:
         share = reading.known_words / reading.words if reading.words else 1.0
         language = self.language.detect(text, english_share=share)
         if language != ENGLISH:
-            return Verdict("unrecognised", "urgent", language=language, symptom=True)
-        return self._english(reading, text, asks="?" in text)
+            return self._other_language(text, words, language)
+        verdict = self._english(reading, text, asks="?" in text)
+        if not verdict.stop and self._leading_stop(text, words):
+            # "STOP. also I can't breathe": the keyword, then more; both are acted on.
+            return replace(
+                verdict, stop=True, kind="opt_out" if not verdict.alarm else verdict.kind
+            )
+        return verdict
+
+    def _leading_stop(self, text: str, words: list[str]) -> bool:
+        """The message opens with an opt-out keyword standing alone in its own sentence."""
+        if not words or words[0].upper() not in self.data.vocabulary.keywords.opt_out:
+            return False
+        rest = normalise(text)[len(words[0]) :].lstrip()
+        return (
+            rest[:1] in (".", "!", ",", ";", ":", "-") or "\n" in text.strip()[: len(words[0]) + 2]
+        )
+
+    def _other_language(self, text: str, words: list[str], language: str) -> Verdict:
+        """Not understood, so urgent for an interpreter, unless it is only thanks, a request to
+        stop (as data, per language) or a check-in digit."""
+        phrase = self.language.phrase(text, language)
+        if phrase == "stop":
+            return Verdict("opt_out", "info", language=language, stop=True)
+        if phrase == "thanks" and len(words) <= 5:
+            return Verdict("chatter", "info", language=language)
+        digit = _answer_digit(text)
+        if digit is not None:
+            # The digit answers the check-in; a nurse reads the rest.
+            return Verdict("checkin_answer", "concern", answer=digit, language=language)
+        return Verdict("unrecognised", "urgent", language=language, symptom=True)
 
     def _english(self, reading: Reading, text: str, *, asks: bool) -> Verdict:
         signs = self.data.vocabulary.signs
