@@ -20,6 +20,7 @@ from aftercare.storage.db import Database
 if TYPE_CHECKING:
     from aftercare.reminders.delivery import Deps
     from aftercare.reminders.leases import Lease
+    from aftercare.triage.verdict import Triager
 
 
 @dataclass
@@ -38,6 +39,13 @@ class Runtime:
     @cached_property
     def registry(self) -> RegimenRegistry:
         return RegimenRegistry.load(self.settings.schedules_dir)
+
+    @cached_property
+    def triage(self) -> Triager:
+        """Reply triage from ``schedules/triage`` (data checked now; models loaded on first use)."""
+        from aftercare.triage.verdict import triager_for
+
+        return triager_for(self.settings.schedules_dir / "triage")
 
     @cached_property
     def renderer(self) -> MessageRenderer:

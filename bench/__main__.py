@@ -23,7 +23,7 @@ from bench.context import Bench, daytime_zone
 from bench.infra import REPO, MachineLoad, PrivateRedis, Processes, ScratchPostgres, log
 from bench.results import Row, markdown, write_json
 
-SCENARIOS = ("enrolment", "dispatch", "delivery", "burst", "memory")
+SCENARIOS = ("enrolment", "dispatch", "delivery", "burst", "memory", "triage")
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 
 

@@ -49,7 +49,7 @@ SESSION_BODY: dict[str, Any] = {
     "contraindications_checked": True,
 }
 REMINDER_KEYS = {"step", "channel", "template", "due_utc", "due_local", "state"}
-FLAG_KEYS = {"id", "patient_id", "session_id", "kind", "created_at", "text"}
+FLAG_KEYS = {"id", "patient_id", "session_id", "kind", "severity", "created_at", "text"}
 
 
 @lru_cache(maxsize=1)
@@ -505,9 +505,44 @@ def test_flags_list_open_flags_urgent_first_then_oldest(api: Api) -> None:
         "patient_id": patient_id,
         "session_id": session_id,
         "kind": "urgent_reply",
+        "severity": "urgent",
         "created_at": (NOW + timedelta(minutes=2)).isoformat(),
         "text": "urgent_reply needs a look",
     }
+
+
+def test_flags_list_emergency_then_urgent_then_concern_then_info_each_oldest_first(
+    api: Api,
+) -> None:
+    patient_id = api.enrol()["patient_id"]
+    with api.rt.db.session() as s:
+        for minutes, kind, severity in [
+            (1, "opt_out", "info"),
+            (2, "booking_request", "concern"),
+            (3, "urgent_reply", "urgent"),
+            (4, "unrecognised_reply", "urgent"),
+            (5, "urgent_reply", "emergency"),
+            (6, "checkin_concern", "concern"),
+        ]:
+            raise_flag(
+                s,
+                kind=kind,
+                patient_id=patient_id,
+                severity=severity,  # type: ignore[arg-type]
+                text=kind,
+                now=NOW + timedelta(minutes=minutes),
+            )
+
+    flags = api.client.get("/api/v1/flags").json()
+
+    assert [(f["severity"], f["kind"]) for f in flags] == [
+        ("emergency", "urgent_reply"),
+        ("urgent", "urgent_reply"),
+        ("urgent", "unrecognised_reply"),
+        ("concern", "booking_request"),
+        ("concern", "checkin_concern"),
+        ("info", "opt_out"),
+    ]
 
 
 def test_resolving_a_flag_removes_it_from_the_list_and_twice_is_409(api: Api) -> None:

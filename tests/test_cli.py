@@ -291,6 +291,7 @@ def test_check_when_the_shipped_files_are_used_then_passes(aftercare: Aftercare)
     result = succeeded(aftercare("check"))
 
     assert "regimen micro-sclerotherapy" in result.stdout
+    assert "triage (" in result.stdout
     assert "All regimens and templates are valid." in result.stdout
     assert not result.stderr
 
@@ -328,6 +329,21 @@ def test_check_when_a_regimen_is_malformed_then_fails_naming_file_key_and_reason
     assert result.exit_code != 0
     assert str(regimen) in result.stderr
     assert "steps[4].valid_for: must be a duration" in result.stderr
+
+
+def test_check_when_the_triage_vocabulary_is_malformed_then_fails_naming_file_key_and_reason(
+    aftercare: Aftercare, tmp_path: Path
+) -> None:
+    schedules = tmp_path / "schedules"
+    shutil.copytree(REPO / "schedules", schedules)
+    vocabulary = schedules / "triage" / "vocabulary.yaml"
+    shipped = vocabulary.read_text(encoding="utf-8")
+    vocabulary.write_text(shipped.replace("- $CHEST ~3 $PAIN", "- $CHEST ~3 $AGONY", 1))
+
+    result = aftercare("check", AFTERCARE_SCHEDULES_DIR=str(schedules))
+
+    assert result.exit_code != 0
+    assert f"{vocabulary}: signs.chest_pain.patterns.0: '$AGONY': no such group" in result.stderr
 
 
 # --- worker -----------------------------------------------------------------------------------

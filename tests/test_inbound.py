@@ -11,7 +11,6 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,6 +25,7 @@ from aftercare.messages.gsm import sms_encoding
 from aftercare.messages.render import MessageRenderer
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
+from aftercare.sessions.actions import erase_patient
 from aftercare.storage.models import (
     AuditEvent,
     Flag,
@@ -37,7 +37,10 @@ from aftercare.storage.models import (
 from aftercare.web.app import create_app
 from tests.conftest import REPO
 from tests.factories import PATIENT_PHONE, enrol
+from tests.test_api import add_staff as add_api_staff
 from tests.test_delivery import claim_all, deliver_all, keep_only, sent_log
+from tests.test_pages import NURSE, log_in
+from tests.test_pages import add_staff as add_page_staff
 
 if TYPE_CHECKING:
     from httpx2 import Response  # what starlette's TestClient answers with
@@ -261,18 +264,19 @@ def test_checkin_answer_when_asked_then_recorded_on_session_and_thanked(
     assert inbound(rt)[0].checkin_answer == answer
 
 
-@pytest.mark.parametrize("body", ["3", "Still dark", "worried, they look worse"])
-def test_checkin_answer_3_then_recorded_flagged_urgent_and_safety_advice_sent(
+@pytest.mark.parametrize("body", ["3", "Still dark", "worried, they are still there"])
+def test_checkin_answer_3_then_recorded_flagged_concern_and_safety_net_sent(
     rt: Runtime, twilio: FakeTwilio, clock: FixedClock, body: str
 ) -> None:
+    # Issue 13: marks not fading at the check-in are a concern (staff follow up), not urgent.
     session_id = enrol(rt)
     ask_checkin(rt, clock)
     response = twilio.sms(body)
-    assert_twiml(response, "<Message>", "111", "999", "call you back")
+    assert_twiml(response, "<Message>", "111", "999", "call you")
     with rt.db.session() as s:
         assert s.get_one(TreatmentSession, session_id).checkin_answer == "3"
     [flag] = flags(rt)
-    assert (flag.kind, flag.urgent, flag.session_id) == ("checkin_concern", True, session_id)
+    assert (flag.kind, flag.severity, flag.session_id) == ("checkin_concern", "concern", session_id)
     assert body in flag.text
 
 
@@ -280,7 +284,8 @@ def test_checkin_answer_before_the_checkin_was_asked_then_not_recorded_but_shown
     rt: Runtime, twilio: FakeTwilio
 ) -> None:
     session_id = enrol(rt)
-    assert assert_twiml(twilio.sms("1")) == EMPTY_TWIML
+    # Issue 13: acknowledged with the safety net rather than left unanswered.
+    assert_twiml(twilio.sms("1"), "one working day", "999")
     with rt.db.session() as s:
         assert s.get_one(TreatmentSession, session_id).checkin_answer is None
     [flag] = flags(rt)
@@ -309,9 +314,11 @@ def test_urgent_reply_then_urgent_flag_and_safety_advice_at_once(
     session_id = enrol(rt)
     response = twilio.sms("my calf is swollen and painful")
     text = assert_twiml(response, "<Message>", "NHS 111", "999", "020 7946 0000")
-    assert "call you back" in text
+    assert "call you today" in text
     [flag] = flags(rt)
     assert (flag.kind, flag.urgent, flag.session_id) == ("urgent_reply", True, session_id)
+    assert (flag.severity, flag.signs) == ("urgent", "pain in a leg, swelling")
+    assert flag.told == text.split("<Message>")[1].split("</Message>")[0]
     assert "my calf is swollen and painful" in flag.text
     [message] = inbound(rt)
     assert (message.kind, message.patient_id, message.session_id) == (
@@ -345,10 +352,12 @@ def test_unrecognised_reply_then_stored_and_flagged_not_urgent(
 ) -> None:
     enrol(rt)
     response = twilio.sms("Can I move my next appointment to Friday?")
-    assert assert_twiml(response) == EMPTY_TWIML
+    # Issue 13: a question is answered (a nurse will reply, and the safety net) and flagged.
+    assert_twiml(response, "one working day", "999")
     [message] = inbound(rt)
-    assert (message.kind, message.body) == (
-        "unrecognised",
+    assert (message.kind, message.severity, message.body) == (
+        "question",
+        "concern",
         "Can I move my next appointment to Friday?",
     )
     [flag] = flags(rt)
@@ -360,10 +369,11 @@ def test_message_from_unknown_number_then_stored_without_patient(
     rt: Runtime, twilio: FakeTwilio
 ) -> None:
     enrol(rt)
-    assert assert_twiml(twilio.sms("hello?", sender=STRANGER)) == EMPTY_TWIML
+    assert_twiml(twilio.sms("hello?", sender=STRANGER), "999")
     [message] = inbound(rt)
     assert (message.patient_id, message.session_id, message.from_number) == (None, None, STRANGER)
-    assert flags(rt) == []  # a flag needs a patient; the stored message is there for staff
+    [flag] = flags(rt)  # staff read it, whoever sent it
+    assert (flag.kind, flag.patient_id, flag.inbound_id) == ("unrecognised_reply", None, message.id)
 
 
 def test_urgent_message_from_unknown_number_then_still_answered_with_safety_advice(
@@ -373,6 +383,51 @@ def test_urgent_message_from_unknown_number_then_still_answered_with_safety_advi
     text = assert_twiml(response, "<Message>", "111", "999")
     assert "call you back" not in text  # we do not know who they are
     assert [m.kind for m in inbound(rt)] == ["urgent"]
+
+
+def test_urgent_message_from_unknown_number_then_flagged_and_listed_for_staff(
+    rt: Runtime, twilio: FakeTwilio
+) -> None:
+    """Issue 12, item 13: staff must see an urgent text whoever sent it."""
+    enrol(rt)
+    twilio.sms("my leg is hot and swollen", sender=STRANGER)
+
+    [flag] = flags(rt)
+    [message] = inbound(rt)
+    assert (flag.kind, flag.urgent, flag.patient_id, flag.inbound_id) == (
+        "urgent_reply",
+        True,
+        None,
+        message.id,
+    )
+    _, token = add_api_staff(rt, "api-nurse@example.org", "staff")
+    listed = twilio.client.get("/api/v1/flags", headers={"Authorization": f"Bearer {token}"})
+    assert [(f["id"], f["patient_id"]) for f in listed.json()] == [(flag.id, None)]
+
+    add_page_staff(rt, NURSE, "staff")
+    staff = TestClient(twilio.client.app, base_url=PUBLIC, follow_redirects=False)
+    assert log_in(staff).status_code == 303
+    for path in ("/flags", "/"):
+        page = staff.get(path)
+        assert page.status_code == 200, page.text
+        assert f'href="tel:{STRANGER}"' in page.text
+        assert "Unknown number" in page.text
+        assert "my leg is hot and swollen" in page.text
+
+
+def test_flag_on_a_text_from_a_number_later_erased_then_its_quote_is_scrubbed(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    twilio.sms("my leg is hot and swollen", sender=PATIENT_PHONE)  # before they were enrolled
+    clock.advance(timedelta(minutes=5))
+    session_id = enrol(rt)
+    with rt.db.session() as s:
+        patient_id = s.get_one(TreatmentSession, session_id).patient_id
+    with rt.db.session() as s:
+        erase_patient(db_session=s, patient_id=patient_id, actor_id=None, now=clock.now())
+    [flag] = flags(rt)
+    assert flag.patient_id is None
+    assert "swollen" not in flag.text
 
 
 def test_stop_from_unknown_number_then_stored_and_nobody_changed(
@@ -393,6 +448,137 @@ def test_most_recent_patient_with_the_number_then_the_one_matched(
     twilio.sms("Who is this?")
     [message] = inbound(rt)
     assert message.session_id == newer
+
+
+# --- Triage: severity, the safety net, stop requests, booking, languages (issue 13) ---------
+
+
+def _said(response: Response) -> str:
+    text = assert_twiml(response, "<Message>")
+    return text.split("<Message>")[1].split("</Message>")[0]
+
+
+@pytest.mark.parametrize(
+    "body", ["my lips are swelling up", "went down like a sack of potatoes", "coughed blood"]
+)
+def test_emergency_reply_then_999_first_do_not_wait_and_an_emergency_flag(
+    rt: Runtime, twilio: FakeTwilio, body: str
+) -> None:
+    enrol(rt)
+    said = _said(twilio.sms(body))
+    assert said.startswith("Riverside Vein Clinic: Call 999 now.")
+    assert "Do not wait for our call" in said
+    [flag] = flags(rt)
+    assert (flag.kind, flag.severity, flag.urgent) == ("urgent_reply", "emergency", True)
+    assert flag.told == said
+    assert inbound(rt)[0].severity == "emergency"
+
+
+def test_numb_toes_then_urgent_answer_says_take_the_stocking_off(
+    rt: Runtime, twilio: FakeTwilio
+) -> None:
+    enrol(rt)
+    said = _said(twilio.sms("my toes have gone numb and cold in the stocking"))
+    assert "020 7946 0000" in said
+    assert "NHS 111" in said
+    assert "Take the stocking off" in said
+    assert flags(rt)[0].severity == "urgent"
+
+
+@pytest.mark.parametrize("body", ["please stop texting me", "wrong number, stop", "STOP please"])
+def test_stop_request_in_words_then_consent_withdrawn_confirmed_with_how_to_restart(
+    rt: Runtime, twilio: FakeTwilio, body: str
+) -> None:
+    enrol(rt)
+    response = twilio.sms(body)
+    who = patient(rt)
+    assert who.sms_opted_out_at is not None
+    if body == "STOP please":  # a keyword: Twilio confirms it and blocks replies
+        assert assert_twiml(response) == EMPTY_TWIML
+        return
+    said = _said(response)
+    assert "no more texts" in said
+    assert "START" in said
+    assert who.sms_opt_out_source == "sms:words"
+    assert [(f.kind, f.severity) for f in flags(rt)] == [("opt_out", "info")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["can I stop wearing the stockings?", "the bleeding has stopped", "cancel my appointment"],
+)
+def test_nothing_but_a_stop_request_opts_out(rt: Runtime, twilio: FakeTwilio, body: str) -> None:
+    enrol(rt)
+    twilio.sms(body)
+    assert patient(rt).sms_opted_out_at is None
+    assert audits(rt, "opt_out") == []
+
+
+def test_yes_after_the_checkin_then_a_booking_request_not_start(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    enrol(rt)
+    ask_checkin(rt, clock)
+    said = _said(twilio.sms("Yes"))
+    assert "book" in said
+    assert "texts again" not in said
+    assert audits(rt, "opt_in") == []
+    assert [(f.kind, f.severity) for f in flags(rt)] == [("booking_request", "concern")]
+
+
+@pytest.mark.parametrize("body", ["BOOK", "Could I book another session please"])
+def test_booking_request_then_flagged_as_a_concern_and_acknowledged(
+    rt: Runtime, twilio: FakeTwilio, body: str
+) -> None:
+    enrol(rt)
+    assert "book" in _said(twilio.sms(body))
+    assert [(f.kind, f.severity) for f in flags(rt)] == [("booking_request", "concern")]
+
+
+def test_reply_in_polish_then_urgent_interpreter_flag_and_safety_line_in_english_and_polish(
+    rt: Runtime, twilio: FakeTwilio
+) -> None:
+    enrol(rt)
+    said = _said(twilio.sms("Boli mnie noga i jest bardzo spuchnięta"))
+    assert "We could not read your message" in said
+    assert "Nie mogliśmy przeczytać" in said
+    [flag] = flags(rt)
+    assert (flag.kind, flag.severity) == ("unrecognised_reply", "urgent")
+    assert "interpreter (Polish)" in flag.text
+
+
+def test_thanks_then_one_acknowledgement_every_few_hours(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    enrol(rt)
+    assert "Thank you" in _said(twilio.sms("thanks!"))
+    clock.advance(timedelta(hours=1))
+    assert assert_twiml(twilio.sms("cheers x")) == EMPTY_TWIML
+    clock.advance(timedelta(hours=4))
+    assert "Thank you" in _said(twilio.sms("ok thank you"))
+    assert flags(rt) == []
+
+
+def test_denied_signs_then_answered_with_the_safety_net_and_no_flag(
+    rt: Runtime, twilio: FakeTwilio
+) -> None:
+    enrol(rt)
+    said = _said(twilio.sms("no chest pain or breathlessness, just bruising"))
+    assert "999" in said
+    assert "111" in said
+    assert flags(rt) == []
+    assert inbound(rt)[0].severity == "info"
+
+
+def test_dying_skin_at_the_checkin_then_urgent_never_answer_1(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    session_id = enrol(rt)
+    ask_checkin(rt, clock)
+    twilio.sms("the spot has gone dark purple then black")
+    with rt.db.session() as s:
+        assert s.get_one(TreatmentSession, session_id).checkin_answer is None
+    assert [(f.kind, f.severity) for f in flags(rt)] == [("urgent_reply", "urgent")]
 
 
 # --- Retries ---------------------------------------------------------------------------------
@@ -535,7 +721,7 @@ def test_erased_patient_then_not_matched(
     twilio.sms("my calf hurts")
     [message] = inbound(rt)
     assert message.patient_id is None
-    assert flags(rt) == []
+    assert [(f.patient_id, f.inbound_id) for f in flags(rt)] == [(None, message.id)]
 
 
 # --- Reply templates -------------------------------------------------------------------------
@@ -546,8 +732,6 @@ def test_erased_patient_then_not_matched(
     [
         ("help", {"resubscribed": False}),
         ("help", {"resubscribed": True}),
-        ("safety-advice", {"call_back": True}),
-        ("safety-advice", {"call_back": False}),
         ("checkin-thanks", {}),
     ],
 )
@@ -560,8 +744,6 @@ def test_reply_template_with_longest_sample_clinic_details_then_gsm7_within_two_
     assert (sms.encoding, sms.segments <= 2) == ("GSM-7", True)
     assert sms.body.startswith(f"{SAMPLE_CLINIC_NAME}: ")
     assert SAMPLE_CLINIC_PHONE in sms.body
-    if template == "safety-advice":
-        assert sms.body.index("999") < sms.body.index("111")
 
 
 def test_built_in_safety_advice_then_gsm7_within_two_segments() -> None:
@@ -571,12 +753,10 @@ def test_built_in_safety_advice_then_gsm7_within_two_segments() -> None:
     assert "111" in FALLBACK_SAFETY_ADVICE
 
 
-def test_safety_advice_template_that_cannot_render_then_built_in_advice_sent(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "sms").mkdir()
-    (tmp_path / "sms" / "safety-advice.txt").write_text("{{ clinic_name }} " + "x" * 400)
+def test_an_answer_missing_from_the_data_then_built_in_advice_sent() -> None:
     replies = Replies(
-        renderer=MessageRenderer(tmp_path), clinic_name="Clinic", clinic_phone="020 7946 0000"
+        renderer=MessageRenderer(REPO / "templates"),
+        clinic_name="Clinic",
+        clinic_phone="020 7946 0000",
     )
-    assert replies.safety_advice(call_back=True) == FALLBACK_SAFETY_ADVICE
+    assert replies.answer("no-such-answer") == FALLBACK_SAFETY_ADVICE

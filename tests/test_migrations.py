@@ -64,6 +64,7 @@ def test_reminder_index_migration_when_downgraded_and_upgraded_then_the_schema_m
         tables = set(inspect(db.engine).get_table_names())
         assert "login_attempts" in tables
         assert "login_throttle" not in tables
+        assert "severity" not in {c["name"] for c in inspect(db.engine).get_columns("flags")}
         assert _differences(db) != []
         upgrade(sqlite_url)
         assert _differences(db) == []

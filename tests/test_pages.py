@@ -673,6 +673,34 @@ def test_flags_page_lists_urgent_flags_first_each_with_a_resolve_form(pages: Pag
     assert "2 open, 1 urgent" in text_of(response)
 
 
+def test_flags_page_and_dashboard_put_emergencies_first_with_signs_and_what_was_said(
+    pages: Pages,
+) -> None:
+    failed_id, urgent_id = _flags(pages)
+    with pages.rt.db.session() as s:
+        emergency = raise_flag(
+            s,
+            kind="urgent_reply",
+            patient_id=1,
+            severity="emergency",
+            signs=["chest pain", "breathlessness"],
+            told="Call 999 now.",
+            text="tight chest",
+            now=pages.clock.now(),
+        )
+
+    flags_page = pages.client.get("/flags")
+    order = re.findall(r'id="flag-(\d+)"', flags_page.text)
+    dashboard = text_of(pages.client.get("/"))
+
+    assert order == [str(emergency.id), str(urgent_id), str(failed_id)]
+    page = text_of(flags_page)
+    assert "Emergency" in page
+    assert "Signs found: chest pain, breathlessness" in page
+    assert "We replied: Call 999 now." in page
+    assert dashboard.index("tight chest") < dashboard.index("calf hurts")
+
+
 def test_resolving_a_flag_records_who_and_the_note_and_twice_is_a_friendly_409(
     pages: Pages,
 ) -> None:

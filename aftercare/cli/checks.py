@@ -19,6 +19,7 @@ def run_checks(rt: Runtime) -> list[str]:
         return [*faults, str(exc)]
     if not registry.ids():
         return [*faults, f"{rt.settings.schedules_dir}: no regimen files (*.yaml)"]
+    faults.extend(_triage_faults(rt))
     renderer = MessageRenderer(rt.settings.templates_dir)
     for regimen in registry:
         typer.echo(
@@ -47,6 +48,27 @@ def run_checks(rt: Runtime) -> list[str]:
                 except TemplateError as exc:
                     faults.append(f"{exc!s} (with {label} clinic details)")
     return sorted(set(faults), key=faults.index)
+
+
+def _triage_faults(rt: Runtime) -> list[str]:
+    """The reply-triage data: read, checked, and its pipeline built (every pattern compiled)."""
+    from aftercare.triage.data import TriageDataError, load_data
+    from aftercare.triage.engine import Engine
+
+    folder = rt.settings.schedules_dir / "triage"
+    try:
+        data = load_data(folder)
+        Engine(data).warm()
+    except TriageDataError as exc:
+        return [str(exc)]
+    vocabulary = data.vocabulary
+    typer.echo(
+        f"triage ({folder}): {len(vocabulary.signs)} signs, "
+        f"{sum(len(s.patterns) for s in vocabulary.signs.values())} patterns, "
+        f"{len(data.context.rules)} context rules, "
+        f"{len(data.answers.languages.safety)} languages"
+    )
+    return []
 
 
 def _channel_faults(rt: Runtime) -> list[str]:

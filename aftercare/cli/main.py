@@ -484,8 +484,14 @@ def run(
     For the embedded default (SQLite and a file broker under AFTERCARE_DATA_DIR).
     """
     from aftercare.cli.supervise import run_all
+    from aftercare.triage.data import TriageDataError
 
     rt = _runtime()
+    _registry(rt)
+    try:
+        rt.triage  # noqa: B018  (reads and checks the triage data before anything starts)
+    except TriageDataError as exc:
+        fail(str(exc))
     raise typer.Exit(run_all(rt, host=host, port=port))
 
 

@@ -1,4 +1,4 @@
-"""Raise, list and resolve flags. Urgent flags come first."""
+"""Raise, list and resolve flags. The most severe come first."""
 
 from __future__ import annotations
 
@@ -6,40 +6,63 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, case, select
 from sqlalchemy.orm import Session
 
 from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag
+from aftercare.triage.data import RANK, Severity
 
 KINDS: Final = (
     "urgent_reply",
     "checkin_concern",
     "unrecognised_reply",
     "booking_request",
+    "opt_out",
     "delivery_failed",
     "stale_reminder",
 )
-URGENT_KINDS: Final = frozenset({"urgent_reply", "checkin_concern"})
+# The severity a flag of each kind has unless its raiser says otherwise (replies are triaged).
+DEFAULT_SEVERITY: Final[dict[str, Severity]] = {
+    "urgent_reply": "urgent",
+    "checkin_concern": "urgent",
+    "unrecognised_reply": "concern",
+    "booking_request": "concern",
+    "opt_out": "info",
+    "delivery_failed": "concern",
+    "stale_reminder": "concern",
+}
+ALARMS: Final = frozenset({"emergency", "urgent"})
 
 
 def raise_flag(
     db_session: Session,
     *,
     kind: str,
-    patient_id: int,
+    patient_id: int | None,
     text: str,
     now: datetime,
+    severity: Severity | None = None,
+    signs: Sequence[str] = (),
+    told: str | None = None,
     session_id: int | None = None,
     reminder_id: int | None = None,
     inbound_id: int | None = None,
 ) -> Flag:
-    """Record a flag (no commit). ``urgent_reply`` and ``checkin_concern`` are urgent."""
+    """Record a flag (no commit), with its severity (else the kind's default), the signs found
+    (labels, never the patient's words) and what the patient was told. ``patient_id`` is None
+    for a text from a number no patient has."""
     if kind not in KINDS:
         raise ValueError(f"unknown flag kind {kind!r}")
+    level = severity or DEFAULT_SEVERITY[kind]
+    if level not in RANK:
+        raise ValueError(f"unknown severity {level!r}")
     flag = Flag(
         kind=kind,
-        urgent=kind in URGENT_KINDS,
+        severity=level,
+        urgent=level in ALARMS,
+        signs=", ".join(signs)[:500] or None,
+        told=told,
         patient_id=patient_id,
         session_id=session_id,
         reminder_id=reminder_id,
@@ -53,12 +76,17 @@ def raise_flag(
     return flag
 
 
+def severity_order() -> ColumnElement[int]:
+    """Emergency first, then urgent, concern and info (for ORDER BY)."""
+    return case(*((Flag.severity == s, i) for s, i in RANK.items()), else_=len(RANK))
+
+
 def open_flags(db_session: Session, *, limit: int = 500) -> Sequence[Flag]:
-    """Unresolved flags, urgent first, then oldest first."""
+    """Unresolved flags, most severe first, then oldest first."""
     return db_session.scalars(
         select(Flag)
         .where(Flag.resolved_at.is_(None))
-        .order_by(Flag.urgent.desc(), Flag.created_at, Flag.id)
+        .order_by(severity_order(), Flag.created_at, Flag.id)
         .limit(limit)
     ).all()
 

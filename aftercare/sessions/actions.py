@@ -767,7 +767,10 @@ def erase_patient(
         replies = replies | (
             InboundMessage.patient_id.is_(None) & (InboundMessage.from_number == phone)
         )
+    unmatched: list[int] = []
     for message in db_session.scalars(select(InboundMessage).where(replies)):
+        if message.patient_id is None:
+            unmatched.append(message.id)
         message.body = ERASED_TEXT
         message.from_number = ""
         message.response_text = None
@@ -776,7 +779,8 @@ def erase_patient(
         session.checkin_answer = _code_or_none(session.checkin_answer)
     db_session.execute(
         update(Flag)
-        .where(Flag.patient_id == patient_id)
+        # Flags on their texts from before the number was theirs quote the text as well.
+        .where((Flag.patient_id == patient_id) | Flag.inbound_id.in_(unmatched))
         .values(text=ERASED_TEXT, resolution_note=None)
         .execution_options(synchronize_session=False)
     )

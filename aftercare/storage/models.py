@@ -201,8 +201,11 @@ class InboundMessage(Base):
     session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
     body: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime]
-    # opt_out | opt_in | help | checkin_answer | urgent | unrecognised
+    # What triage made of it (aftercare.triage.verdict.Kind): opt_out | opt_in | help |
+    # booking | checkin_answer | urgent | concern | question | expected | chatter | unrecognised
     kind: Mapped[str] = mapped_column(String(32))
+    # emergency | urgent | concern | info
+    severity: Mapped[str] = mapped_column(String(16), default="info", server_default="info")
     checkin_answer: Mapped[str | None] = mapped_column(String(32))
     response_text: Mapped[str | None] = mapped_column(Text)
 
@@ -213,14 +216,21 @@ class Flag(Base):
     __tablename__ = "flags"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    # None for a text from a number no patient has (its inbound message holds the number).
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
     reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
-    # urgent_reply | checkin_concern | unrecognised_reply | booking_request | delivery_failed |
-    # stale_reminder
+    # urgent_reply | checkin_concern | unrecognised_reply | booking_request | opt_out |
+    # delivery_failed | stale_reminder
     kind: Mapped[str] = mapped_column(String(32))
+    # emergency | urgent | concern | info; ``urgent`` is true for the first two.
+    severity: Mapped[str] = mapped_column(String(16), default="concern", server_default="concern")
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The signs triage found (labels from schedules/triage, never the patient's words) and
+    # what the patient was told back.
+    signs: Mapped[str | None] = mapped_column(String(500))
+    told: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]

@@ -24,7 +24,7 @@ OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 
 @router.get("/flags", tags=["flags"], response_model=list[FlagOut])
 def list_flags(staff: CurrentStaff, db_session: DbSession) -> list[FlagOut]:
-    """Open flags, urgent first, then oldest first."""
+    """Open flags, most severe first (emergency, urgent, concern, info), then oldest first."""
     return [flag_out(f) for f in open_flags(db_session)]
 
 
@@ -63,6 +63,7 @@ def flag_out(flag: Flag) -> FlagOut:
         patient_id=flag.patient_id,
         session_id=flag.session_id,
         kind=flag.kind,
+        severity=flag.severity,
         created_at=iso(flag.created_at),
         text=flag.text,
     )

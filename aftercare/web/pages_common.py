@@ -74,6 +74,7 @@ FLAG_KINDS: Final = {
     "checkin_concern": "Check-in concern",
     "unrecognised_reply": "Reply to read",
     "booking_request": "Wants another session",
+    "opt_out": "Stopped texts",
     "delivery_failed": "Delivery failed",
     "stale_reminder": "Reminder stuck",
 }

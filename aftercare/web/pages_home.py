@@ -48,7 +48,7 @@ def dashboard(
         zone=zone,
         today=local,
         counts=queries.day_counts(db_session, start=start, end=end, now=now),
-        urgent=[fp for fp in queries.flags_with_patients(db_session) if fp[0].urgent][:5],
+        urgent=[row for row in queries.flags_with_patients(db_session) if row.flag.urgent][:5],
         failures=queries.recent_failures(db_session, since=now - timedelta(days=7)),
         recent=queries.recent_sessions(db_session),
         notice=notice(request),

@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 
 from aftercare.flags.service import open_flags
 from aftercare.reminders import states
-from aftercare.storage.models import Flag, Patient, Reminder, StaffUser, TreatmentSession
+from aftercare.storage.models import (
+    Flag,
+    InboundMessage,
+    Patient,
+    Reminder,
+    StaffUser,
+    TreatmentSession,
+)
 
 
 @dataclass(frozen=True)
@@ -106,16 +113,41 @@ def find_patients(
     return db_session.scalars(query).all()
 
 
-def flags_with_patients(db_session: Session) -> Sequence[tuple[Flag, Patient]]:
-    """Open flags, urgent first then oldest, each with its patient."""
+@dataclass(frozen=True)
+class FlagRow:
+    """An open flag with its patient, or None and the sender's number for a text from a number
+    no patient has."""
+
+    flag: Flag
+    patient: Patient | None
+    phone: str | None
+
+
+def flags_with_patients(db_session: Session) -> Sequence[FlagRow]:
+    """Open flags, urgent first then oldest, each with its patient (or unknown sender)."""
     flags = open_flags(db_session)
+    patient_ids = {f.patient_id for f in flags if f.patient_id is not None}
     patients = {
-        p.id: p
-        for p in db_session.scalars(
-            select(Patient).where(Patient.id.in_({f.patient_id for f in flags}))
+        p.id: p for p in db_session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))
+    }
+    unknown = {f.inbound_id for f in flags if f.patient_id is None and f.inbound_id is not None}
+    senders: dict[int, str] = {
+        row.id: row.from_number
+        for row in db_session.execute(
+            select(InboundMessage.id, InboundMessage.from_number).where(
+                InboundMessage.id.in_(unknown)
+            )
         )
     }
-    return [(f, patients[f.patient_id]) for f in flags]
+    rows = []
+    for f in flags:
+        patient = patients.get(f.patient_id) if f.patient_id is not None else None
+        if patient is not None:
+            rows.append(FlagRow(f, patient, patient.phone))
+        else:
+            sender = senders.get(f.inbound_id) if f.inbound_id is not None else None
+            rows.append(FlagRow(f, None, sender or None))
+    return rows
 
 
 def patient_flags(db_session: Session, *, patient_id: int) -> Sequence[Flag]:

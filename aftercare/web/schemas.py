@@ -224,9 +224,10 @@ class PatientOut(BaseModel):
 
 class FlagOut(BaseModel):
     id: int
-    patient_id: int
+    patient_id: int | None = Field(description="None for a text from a number no patient has.")
     session_id: int | None
     kind: str
+    severity: Literal["emergency", "urgent", "concern", "info"]
     created_at: Instant
     text: str
 

@@ -61,7 +61,10 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
         raise _refuse(error) from None
     settings = rt.settings
     replies = Replies(
-        renderer=rt.renderer, clinic_name=settings.clinic_name, clinic_phone=settings.clinic_phone
+        renderer=rt.renderer,
+        clinic_name=settings.clinic_name,
+        clinic_phone=settings.clinic_phone,
+        triage=rt.triage,
     )
     with rt.db.session() as db_session:
         received = receive_sms(

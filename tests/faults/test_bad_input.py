@@ -488,7 +488,9 @@ HOOKS = [
     _form(INBOUND, _inbound_params(MessageSid="SM" + "a" * 63), 400, "MessageSid", "sid-too-long"),
     _form(INBOUND, _inbound_params(MessageSid="SM\x00"), 400, "MessageSid", "sid-nul"),
     _form(INBOUND, _inbound_params(Body="x" * MB), 413, "Content Too Large", "body-one-megabyte"),
-    _form(INBOUND, _inbound_params(Body="x" * 70_000), 413, "Content Too Large", "body-70-kilobytes"),
+    _form(
+        INBOUND, _inbound_params(Body="x" * 70_000), 413, "Content Too Large", "body-70-kilobytes"
+    ),
     _form(
         INBOUND,
         {f"f{i}": "1" for i in range(1001)} | _inbound_params(),

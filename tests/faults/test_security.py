@@ -34,6 +34,7 @@ import redis
 from celery import Celery
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from loguru import logger as loguru_logger
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
@@ -760,6 +761,10 @@ def test_a_full_run_puts_no_patient_data_or_secret_in_logs_events_or_the_broker(
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    # Reply triage's libraries log through loguru (medspacy's PyRuSH would log each message's
+    # words at DEBUG): everything loguru says, PyRuSH included, is captured too.
+    loguru_logger.enable("PyRuSH")
+    loguru_sink = loguru_logger.add(capture.app_logs.append, level="DEBUG")
     stops = [_events(redis_url, capture), _monitor(redis_url, capture)]
     try:
         set_runtime(stack.rt)
@@ -797,6 +802,8 @@ def test_a_full_run_puts_no_patient_data_or_secret_in_logs_events_or_the_broker(
             stop()
         root.removeHandler(handler)
         root.setLevel(old_level)
+        loguru_logger.remove(loguru_sink)
+        loguru_logger.disable("PyRuSH")
         set_runtime(None)
         fake.stop()
         mail.stop()

@@ -1,7 +1,7 @@
 """course of treatment: check-in outcome per session, booked session on a flag, email index
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-04 14:45:00
 
 A patient is one record across their sessions (matched by phone, or by email when there is no
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
