@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from aftercare import retention
 from aftercare.ops import heartbeat, metrics
@@ -147,6 +147,24 @@ def anonymise_expired(self: AftercareTask) -> dict[str, int]:
 
 @worker_ready.connect
 def _recover_at_boot(**_: Any) -> None:
-    """A worker that has just started asks for a recovery pass at once: after a crash, a deploy
-    or a reboot, the work its predecessor held goes out now, not at the next scheduled pass."""
-    recover.apply_async(kwargs={"booted_at": get_runtime().clock.now().isoformat()})
+    """A worker that has just started asks for a recovery pass: after a crash, a deploy or a
+    reboot, the work its predecessor held goes out now, not at the next scheduled pass.
+
+    The pass runs a few dispatch intervals later, so that what was queued just before the
+    worker started has had time to reach it (and is not given back to the schedule for
+    nothing)."""
+    rt = get_runtime()
+    recover.apply_async(
+        kwargs={"booted_at": rt.clock.now().isoformat()},
+        countdown=rt.settings.dispatch_interval * QUEUED_GRACE,
+    )
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _release_lease(**_: Any) -> None:
+    """A process that exits cleanly holds nothing: its lease goes, so no recovery pass counts
+    it as a worker that died."""
+    rt = get_runtime()
+    if "lease" in rt.__dict__:  # only if this process ever took one
+        rt.lease.release()
