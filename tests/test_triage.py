@@ -361,3 +361,16 @@ def test_triage_logs_no_words_of_a_message(
     assert "zorblaxian" not in everything
     assert "quxwell" not in everything
     assert "medspacy_pyrush" not in triager.engine.nlp.pipe_names
+
+
+def test_a_served_app_loads_the_language_models_before_the_first_reply(tmp_path: Path) -> None:
+    """The server warms triage in the background as it starts (aftercare.web.server), so the
+    first reply in another language does not wait several seconds for the models."""
+    from aftercare.web.server import warm_triage
+
+    folder = tmp_path / "triage"
+    shutil.copytree(REPO / "schedules" / "triage", folder)
+    fresh = triager_for(folder)
+    assert "detector" not in vars(fresh.language)
+    warm_triage(fresh).join(timeout=240)
+    assert "detector" in vars(fresh.language)

@@ -197,6 +197,7 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     from aftercare.private import private_dir
     from aftercare.storage.migrate import SchemaOutdated, ensure_schema
     from aftercare.web.app import create_app
+    from aftercare.web.server import warm_triage
 
     private_dir(rt.settings.data_dir)
     try:
@@ -213,6 +214,7 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     try:
         configure_logging(rt.settings.log_level)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        warm_triage(rt.triage)
         server = uvicorn.Server(uvicorn_config(create_app(), host=host, port=port))
         summary = ready_summary(rt, host=host, port=port, login=login)
         threading.Thread(
