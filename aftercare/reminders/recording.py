@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def record_sent(
-    *, db: Database, clock: Clock, sent: list[tuple[int, int, SendResult]], outcome: str = "sent"
+    *,
+    db: Database,
+    clock: Clock,
+    sent: list[tuple[int, int, SendResult]],
+    outcome: str = "sent",
+    level: int = logging.INFO,
 ) -> None:
     """Record accepted messages, given as (reminder id, attempt id, result), in one transaction.
 
@@ -65,7 +70,8 @@ def record_sent(
             )
             .values(state=states.SENT, updated_at=now, sent_at=now, reason=None)
         )
-    log.info(
+    log.log(
+        level,
         "sent %s reminder(s)",
         len(sent),
         extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
@@ -120,10 +126,12 @@ class Recorder:
         """Write ``batch`` with the condition released, so that others can queue meanwhile."""
         self._cond.release()
         try:
+            # Logged once per batch by delivery, not once per message here.
             record_sent(
                 db=self.db,
                 clock=self.clock,
                 sent=[(e.reminder_id, e.attempt_id, e.result) for e in batch],
+                level=logging.DEBUG,
             )
         except Exception as exc:  # noqa: BLE001 - handed to every sender of the batch
             return exc
