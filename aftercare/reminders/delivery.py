@@ -224,6 +224,12 @@ def deliver_batch(*, deps: Deps, reminder_ids: Sequence[int]) -> list[str]:
             unexpected = unexpected or error
         else:
             outcomes[item.reminder_id] = outcome
+    if sent:
+        log.info(
+            "sent %s reminder(s)",
+            len(sent),
+            extra={"reminder_ids": [item.reminder_id for item, _ in sent], "outcome": "sent"},
+        )
     crash_point("after_record")
     if unexpected is not None:
         raise unexpected
