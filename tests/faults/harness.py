@@ -48,9 +48,6 @@ FAULT_ENV = {
     "AFTERCARE_STALE_AFTER": str(int(STALE_AFTER.total_seconds())),
     "AFTERCARE_SEND_BATCH": "3",
     "AFTERCARE_SMS_MPS": "1000",
-    # With a database or broker configured, nothing is sent while these are placeholders.
-    "AFTERCARE_CLINIC_NAME": "Riverside Vein Clinic",
-    "AFTERCARE_CLINIC_PHONE": "020 7946 0000",
 }
 
 # Steps whose SMS text differs between reminders of one patient, so that messages at a provider
