@@ -50,8 +50,8 @@ def make_stack(tmp_path: Path, extra: dict[str, str]) -> Stack:
         # A configured database sends nothing while these are placeholders.
         AFTERCARE_CLINIC_NAME="Riverside Vein Clinic",
         AFTERCARE_CLINIC_PHONE="020 7946 0000",
-        **extra,
     )
+    env.update(extra)  # a scenario's own settings win over these defaults
     settings = Settings.from_environment(env)
     rt = Runtime(settings)
     clock = FileClock(data_dir / "clock")
