@@ -35,7 +35,8 @@ def read_zone(text: str, flag: str = "timezone") -> str:
         hint = suggest_zones(text) if text.isprintable() else []
         line = f"{flag}: {exc.errors[0].msg}"
         if hint:
-            line += f"; did you mean {' or '.join(hint)}?"
+            # The suggestions say what a zone looks like better than the general example does.
+            line = f"{flag}: {text!r} is not an IANA time zone; did you mean {' or '.join(hint)}?"
         raise Refused(line) from exc
 
 
