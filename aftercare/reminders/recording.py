@@ -14,9 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
+import psycopg
 from sqlalchemy import Table, bindparam, update
+from sqlalchemy.exc import DBAPIError
 
 from aftercare.channels.base import SendResult
 from aftercare.clock import Clock
@@ -37,11 +40,27 @@ def record_sent(
 ) -> None:
     """Record accepted messages, given as (reminder id, attempt id, result), in one transaction.
 
-    Core statements on a connection, not the ORM: this runs once per accepted message (or a
-    few), and a session's unit of work doubled the worker's CPU per message."""
+    Not the ORM, and on PostgreSQL not even a Core connection: this runs once per accepted
+    message (or a few), and a session's unit of work doubled the worker's CPU per message."""
     if not sent:
         return
     now = clock.now()
+    if db.is_postgres:
+        _record_sent_postgres(db, now, sent, outcome)
+    else:
+        _record_sent_core(db, now, sent, outcome)
+    log.log(
+        level,
+        "sent %s reminder(s)",
+        len(sent),
+        extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
+    )
+
+
+def _record_sent_core(
+    db: Database, now: datetime, sent: list[tuple[int, int, SendResult]], outcome: str
+) -> None:
+    """The write as two Core statements in one transaction (SQLite)."""
     with db.engine.begin() as connection:
         connection.execute(
             update(_ATTEMPTS)
@@ -70,12 +89,68 @@ def record_sent(
             )
             .values(state=states.SENT, updated_at=now, sent_at=now, reason=None)
         )
-    log.log(
-        level,
-        "sent %s reminder(s)",
-        len(sent),
-        extra={"reminder_ids": [reminder_id for reminder_id, _, _ in sent], "outcome": outcome},
-    )
+
+
+# Both updates in one statement (a data-modifying WITH runs to completion whether or not the
+# outer statement reads it), so one round trip and, in autocommit, its own transaction: no
+# BEGIN and COMMIT round trips. The reminders' update is the guarded transition
+# (states.transition), sending -> sent.
+_RECORD_SENT_SQL = """
+WITH accepted(attempt_id, provider_id, provider_status) AS (
+    SELECT * FROM unnest(%(attempt_ids)s::integer[], %(provider_ids)s::text[],
+                         %(provider_statuses)s::text[])
+), attempts AS (
+    UPDATE delivery_attempts
+    SET outcome = %(outcome)s, finished_at = %(now)s,
+        provider_id = accepted.provider_id, provider_status = accepted.provider_status
+    FROM accepted
+    WHERE delivery_attempts.id = accepted.attempt_id
+)
+UPDATE reminders
+SET state = %(sent)s, updated_at = %(now)s, sent_at = %(now)s, reason = NULL
+WHERE id = ANY(%(reminder_ids)s::integer[]) AND state = %(sending)s
+"""
+
+
+def _record_sent_postgres(
+    db: Database, now: datetime, sent: list[tuple[int, int, SendResult]], outcome: str
+) -> None:
+    """The write as one statement on the driver's connection, prepared, in autocommit.
+
+    SQLAlchemy's Connection, two statements and BEGIN/COMMIT cost the worker 0.8 ms of CPU per
+    write, 0.1 ms this way (docs/benchmarks.md). Errors are raised as Core raises them
+    (``OperationalError``, ...), the connection invalidated if the error says it is gone."""
+    params = {
+        "attempt_ids": [attempt_id for _, attempt_id, _ in sent],
+        "provider_ids": [result.provider_id for _, _, result in sent],
+        "provider_statuses": [result.status for _, _, result in sent],
+        "reminder_ids": [reminder_id for reminder_id, _, _ in sent],
+        "outcome": outcome,
+        # Stored as naive UTC (storage.db.UTCDateTime).
+        "now": now.astimezone(UTC).replace(tzinfo=None),
+        "sent": states.SENT,
+        "sending": states.SENDING,
+    }
+    dialect = db.engine.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    raw = db.engine.raw_connection()
+    try:
+        driver = cast(psycopg.Connection[Any], raw.driver_connection)
+        driver.autocommit = True
+        try:
+            driver.execute(_RECORD_SENT_SQL, params, prepare=True)
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except dbapi_error as exc:
+        gone = dialect.is_disconnect(exc, raw.dbapi_connection, None)
+        if gone:
+            raw.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, dbapi_error, connection_invalidated=gone, dialect=dialect
+        ) from exc
+    finally:
+        raw.close()
 
 
 _ATTEMPTS = cast(Table, DeliveryAttempt.__table__)
