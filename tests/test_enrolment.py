@@ -146,6 +146,7 @@ def test_late_session_when_enrolled_then_every_reminder_column_is_stored_as_plan
             "sent_at": None,
             "reason": "catch-up: superseded before enrolment" if p.state == "skipped" else None,
             "fallback_of_id": None,
+            "claimed_by": None,
         }
         for p in expected
     }

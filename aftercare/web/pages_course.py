@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from aftercare.runtime import Runtime
 from aftercare.sessions import course
-from aftercare.sessions.validation import ValidationFailed, clean_email, clean_phone
+from aftercare.sessions.validation import ValidationFailed, clean_email, clean_name, clean_phone
 from aftercare.storage.models import Flag, Patient
 from aftercare.web.pages_common import day_month
 from aftercare.web.pages_enrol_form import EnrolForm
@@ -31,6 +31,15 @@ class CourseView:
     # "Replaces 21 reminders of the session on 3 March", one line per session.
     replaces: list[str] = field(default_factory=list)
     flag: Flag | None = None
+
+
+def _name(values: EnrolForm) -> str:
+    """The name as validation would store it, or "" when it would refuse it: only a name that
+    could be saved is looked up (a NUL, for one, is an error from PostgreSQL, not a 422)."""
+    try:
+        return clean_name(values.name, ("name",)) if values.name.strip() else ""
+    except ValidationFailed:
+        return ""
 
 
 def _contact(values: EnrolForm) -> tuple[str | None, str | None]:
@@ -58,10 +67,9 @@ def course_view(
     view = CourseView()
     connection = db_session.connection()
     phone, email = _contact(values)
-    if values.name.strip() or phone or email:
-        view.matches = course.possible_matches(
-            connection, name=values.name, phone=phone, email=email
-        )
+    name = _name(values)
+    if name or phone or email:
+        view.matches = course.possible_matches(connection, name=name, phone=phone, email=email)
     chosen = values.chosen_patient_id
     if chosen is not None:
         patient = db_session.get(Patient, chosen)
