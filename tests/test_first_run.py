@@ -226,3 +226,23 @@ def test_embedded_broker_connection_names_its_host(
         conn.connect()
         conn.info()
     assert "No hostname was supplied" not in caplog.text
+
+
+def test_json_logging_takes_over_uvicorn_loggers_that_were_quietened_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A uvicorn logger left at WARNING or disabled by whatever configured logging before
+    (uvicorn's own dictConfig, an earlier server in the same process) still logs at the level
+    configure_logging was given."""
+    error = logging.getLogger("uvicorn.error")
+    error.setLevel(logging.WARNING)
+    error.disabled = True
+    try:
+        configure_logging("INFO")
+        error.info("Started server process [%d]", 7)
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+        error.setLevel(logging.NOTSET)
+        error.disabled = False
+    assert [e["event"] for e in json_lines(err)] == ["Started server process [7]"]

@@ -99,6 +99,10 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+        # Whatever configured them before (uvicorn's own dictConfig, a library) may have set a
+        # level or disabled them: the root's level is the one that counts here.
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     # uvicorn's access line holds the raw request target (query strings, unsubscribe tokens):
     # it goes nowhere. The app writes its own, by route (aftercare.web.access_log).
     access = logging.getLogger("uvicorn.access")
