@@ -173,3 +173,20 @@ def test_the_dashboard_names_placeholder_clinic_details_and_why_delivered_is_0(
         )
     finally:
         rt.clock.set(today)
+
+
+def test_staff_change_their_own_password_from_the_header(page: Page, live_app: LiveApp) -> None:
+    """The header's Change password link opens a labelled form; a wrong current password is
+    refused with the reason, and the account's password stays as it was."""
+    log_in(page, live_app)
+    page.get_by_role("link", name="Change password").click()
+    expect(page.get_by_role("heading", name="Change your password", level=1)).to_be_visible()
+    page.get_by_label("Current password").fill("not the password at all")
+    page.get_by_label("New password", exact=True).fill("harbour lantern quietly seventeen")
+    page.get_by_label("New password again").fill("harbour lantern quietly seventeen")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("alert")).to_contain_text("The password was not changed")
+    screenshot(page, "18-change-password", docs=True)
+    # Still the old password: logging in again with it works.
+    page.context.clear_cookies()
+    log_in(page, live_app)
