@@ -33,6 +33,7 @@ def build(
         quiet=QUIET,
     )
     return regimen_calendar(
+        regimen=REGIMEN,
         session_key=session_key,
         treated_at=treated_at,
         timezone=timezone,

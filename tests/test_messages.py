@@ -159,6 +159,7 @@ def _instants(parameters: dict[str, int | str]) -> dict[str, list[datetime]]:
 def test_build_context_when_name_empty_and_no_unsubscribe_then_friendly_defaults() -> None:
     parameters = REGIMEN.resolve_parameters({"garment": "full-leg", "daily_days": 7})
     context = build_context(
+        regimen=REGIMEN,
         patient_name="  ",
         clinic_name="Clinic",
         clinic_phone="01234 567890",
@@ -180,6 +181,7 @@ def test_build_context_when_occurrence_out_of_range_then_value_error() -> None:
     parameters = REGIMEN.resolve_parameters(None)
     with pytest.raises(ValueError, match="occurrence 1"):
         build_context(
+            regimen=REGIMEN,
             patient_name="Ann Lee",
             clinic_name="Clinic",
             clinic_phone="01234 567890",

@@ -47,6 +47,7 @@ def calendar() -> bytes:
     treated = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
     parameters: dict[str, int | str] = {"daily_days": 14, "checkin_week": 10}
     return regimen_calendar(
+        regimen=REGIMEN,
         session_key="p1:1",
         treated_at=treated,
         timezone="Europe/London",

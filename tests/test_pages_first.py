@@ -86,6 +86,7 @@ def test_preview_shows_each_message_as_the_patient_will_read_it(pages: Pages) ->
         regimen=regimen, treated_at=treated, zone=zone, parameters=parameters, quiet=rt.quiet
     )
     context = build_context(
+        regimen=regimen,
         patient_name="Philippa Quennell",
         clinic_name=rt.settings.clinic_name,
         clinic_phone=rt.settings.clinic_phone,

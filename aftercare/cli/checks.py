@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from aftercare.messages.calendar import sample_calendar
 from aftercare.messages.context import sample_context
 from aftercare.messages.render import MessageRenderer, TemplateError
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
+from aftercare.regimens.model import Regimen, Step
 from aftercare.runtime import Runtime
 
 
@@ -26,28 +28,51 @@ def run_checks(rt: Runtime) -> list[str]:
             f"regimen {regimen.id} (v{regimen.version}, {regimen.source}): "
             f"{len(regimen.steps)} steps"
         )
-        for step in regimen.steps:
-            for label, clinic in (("sample", None), ("configured", rt.settings.clinic_name)):
-                extra = (
-                    {}
-                    if clinic is None
-                    else {"clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone}
-                )
-                context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
-                try:
-                    sms = renderer.render_sms(step.template, context)
-                    if label == "sample":
-                        typer.echo(
-                            f"  sms   {step.template:<16} {sms.encoding}, "
-                            f"{sms.segments} segment(s), {len(sms.body)} chars"
-                        )
-                except TemplateError as exc:
-                    faults.append(f"{exc!s} (with {label} clinic details)")
-                try:
-                    renderer.render_email(step.template, context)
-                except TemplateError as exc:
-                    faults.append(f"{exc!s} (with {label} clinic details)")
+        for index, step in enumerate(regimen.steps):
+            faults.extend(_step_faults(rt, renderer, regimen, index, step))
+        faults.extend(_calendar_faults(regimen))
     return sorted(set(faults), key=faults.index)
+
+
+def _step_faults(
+    rt: Runtime, renderer: MessageRenderer, regimen: Regimen, index: int, step: Step
+) -> list[str]:
+    """Each of the step's channels rendered with a sample and with the configured clinic; a fault
+    names the regimen file and the step's template key, then the template file and the reason."""
+    faults: list[str] = []
+    where = f"{regimen.source}: steps[{index}].template ({step.template})"
+    for label, clinic in (("sample", None), ("configured", rt.settings.clinic_name)):
+        extra = (
+            {}
+            if clinic is None
+            else {"clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone}
+        )
+        context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
+        try:
+            if "sms" in step.channels:
+                sms = renderer.render_sms(step.template, context)
+                if label == "sample":
+                    typer.echo(
+                        f"  sms   {step.template:<16} {sms.encoding}, "
+                        f"{sms.segments} segment(s), {len(sms.body)} chars"
+                    )
+            if "email" in step.channels:
+                renderer.render_email(step.template, context)
+        except TemplateError as exc:
+            faults.append(f"{where}: {exc!s} (with {label} clinic details)")
+    return faults
+
+
+def _calendar_faults(regimen: Regimen) -> list[str]:
+    """The regimen's calendar built for a sample session (its texts are templates too)."""
+    if regimen.calendar is None:
+        return []
+    try:
+        sample_calendar(regimen)
+    except TemplateError as exc:
+        return [str(exc)]
+    typer.echo(f"  calendar {len(regimen.calendar.events)} event(s)")
+    return []
 
 
 def _triage_faults(rt: Runtime) -> list[str]:

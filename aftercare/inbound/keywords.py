@@ -7,12 +7,20 @@ The rules are in :mod:`aftercare.triage.verdict`; the words in ``schedules/triag
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
+from aftercare.regimens.loader import RegimenRegistry
 from aftercare.settings import Settings
 from aftercare.triage.verdict import Triager, Verdict, triager_for
 
 DEFAULT_TRIAGE_DIR: Final = Settings.model_fields["schedules_dir"].default / "triage"
+
+
+@lru_cache(maxsize=1)
+def default_regimens() -> RegimenRegistry:
+    """The shipped regimens (read on the first call), for callers given no registry."""
+    return RegimenRegistry.load(Settings.model_fields["schedules_dir"].default)
 
 
 def default_triager() -> Triager:

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from aftercare.audit.service import record as audit
 from aftercare.flags.service import raise_flag
-from aftercare.messages.context import CHECKIN_STEP
 from aftercare.messages.render import MessageRenderer
+from aftercare.regimens.loader import RegimenRegistry
 from aftercare.sessions.course import checkin_outcome
 from aftercare.storage.models import InboundMessage, Patient, Reminder, TreatmentSession
 from aftercare.triage.data import Severity
@@ -62,6 +62,12 @@ def _default_triager() -> Triager:
     return default_triager()
 
 
+def _default_regimens() -> RegimenRegistry:
+    from aftercare.inbound.keywords import default_regimens
+
+    return default_regimens()
+
+
 @dataclass(frozen=True)
 class Replies:
     """The texts sent back to a patient: HELP and check-in thanks from templates/sms, the
@@ -72,6 +78,15 @@ class Replies:
     clinic_name: str
     clinic_phone: str
     triage: Triager = field(default_factory=_default_triager)
+    # Which step of a session's regimen asks the check-in question (``check_in: true``).
+    regimens: RegimenRegistry = field(default_factory=_default_regimens)
+
+    def checkin_steps(self, regimen_id: str) -> frozenset[str]:
+        """The steps of ``regimen_id`` that ask the check-in question (none if unknown)."""
+        try:
+            return self.regimens.get(regimen_id).checkin_steps
+        except KeyError:
+            return frozenset()
 
     def _render(self, template: str, **extra: object) -> str:
         context = {"clinic_name": self.clinic_name, "clinic_phone": self.clinic_phone, **extra}
@@ -221,14 +236,17 @@ def restore_sms_consent(
     return changed
 
 
-def checkin_was_asked(*, db_session: Session, session_id: int) -> bool:
-    """Whether the session's check-in question has gone out (on any channel)."""
+def checkin_was_asked(*, db_session: Session, session_id: int, steps: frozenset[str]) -> bool:
+    """Whether the session's check-in question (``steps``, those its regimen marks
+    ``check_in: true``) has gone out (on any channel)."""
+    if not steps:
+        return False
     return bool(
         db_session.scalar(
             select(
                 exists().where(
                     Reminder.session_id == session_id,
-                    Reminder.step == CHECKIN_STEP,
+                    Reminder.step.in_(sorted(steps)),
                     Reminder.sent_at.is_not(None),
                 )
             )
@@ -393,7 +411,9 @@ def _opt_in(ctx: _Context, verdict: Verdict) -> str | None:
 
 def _checkin_asked(ctx: _Context) -> bool:
     return ctx.session is not None and checkin_was_asked(
-        db_session=ctx.db_session, session_id=ctx.session.id
+        db_session=ctx.db_session,
+        session_id=ctx.session.id,
+        steps=ctx.replies.checkin_steps(ctx.session.regimen_id),
     )
 
 

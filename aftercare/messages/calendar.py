@@ -1,4 +1,5 @@
-"""The compression regimen as an iCalendar (.ics) file, attached to a patient's first email.
+"""A regimen's calendar (.ics), attached to a patient's first email: the events its file declares
+(for micro-sclerotherapy, the compression regimen and the check-in).
 
 Pure: built from a session's planned instants (``step_instants``) and an injected timestamp, so
 the same session always yields the same file, and its stable UIDs let a calendar app update
@@ -19,16 +20,17 @@ from zoneinfo import ZoneInfo
 from icalendar import Calendar, Event, Timezone
 
 from aftercare.messages.context import (
-    CHECKIN_STEP,
-    CONTINUOUS_END_STEP,
-    DAILY_WEAR_STEP,
-    GARMENTS,
+    SAMPLE_CLINIC_NAME,
+    SAMPLE_CLINIC_PHONE,
+    SAMPLE_TREATED_AT,
+    regimen_words,
 )
+from aftercare.messages.render import render_inline
+from aftercare.planning.planner import occurrences_of, step_instants
+from aftercare.planning.quiet import QuietHours
+from aftercare.regimens.model import CalendarEvent, Regimen
 
-DAILY_OFF_STEP = "daily-off"
 PRODID = "-//Aftercare//Aftercare reminders//EN"
-# Daytime wear is 12 hours a day (PROTOCOL.md), used when the regimen has no "off" step.
-DAILY_WEAR_HOURS = timedelta(hours=12)
 
 
 def _event(
@@ -61,15 +63,13 @@ def _vtimezone(tzid: str, first_date: date, last_date: date) -> Timezone:
     return Timezone.from_tzid(tzid, first_date=first_date, last_date=last_date)
 
 
-def _occurrences(instants: Mapping[str, list[datetime]], step: str) -> list[datetime]:
-    found = instants.get(step)
-    if not found:
-        raise ValueError(f"no planned instants for step {step!r}")
-    return found
+class NoCalendar(ValueError):
+    """The regimen declares no calendar."""
 
 
 def regimen_calendar(
     *,
+    regimen: Regimen,
     session_key: str,
     treated_at: datetime,
     timezone: str,
@@ -79,65 +79,59 @@ def regimen_calendar(
     clinic_phone: str,
     stamp: datetime,
 ) -> bytes:
-    """The .ics bytes (METHOD:PUBLISH) for one session.
+    """The .ics bytes (METHOD:PUBLISH) for one session: the events the regimen's ``calendar``
+    declares, each followed by the clinic's name and number for questions.
 
     ``session_key`` only seeds the UIDs (it is hashed, never shown); ``stamp`` is DTSTAMP.
     """
+    if regimen.calendar is None:
+        raise NoCalendar(f"regimen {regimen.id} declares no calendar")
     zone = ZoneInfo(timezone)
     uid = hashlib.sha256(session_key.encode("utf-8")).hexdigest()[:24]
-    garment = GARMENTS.get(str(parameters.get("garment")), "compression stockings")
-    start = treated_at.astimezone(zone)
-    continuous_end = _occurrences(instants, CONTINUOUS_END_STEP)[0].astimezone(zone)
-    daily = [t.astimezone(zone) for t in _occurrences(instants, DAILY_WEAR_STEP)]
-    off = instants.get(DAILY_OFF_STEP)
-    daily_end = off[0].astimezone(zone) if off else daily[0] + DAILY_WEAR_HOURS
-    checkin = _occurrences(instants, CHECKIN_STEP)[0].astimezone(zone).date()
+    words = {
+        **regimen_words(regimen=regimen, parameters=parameters, instants=instants, zone=zone),
+        "clinic_name": clinic_name,
+        "clinic_phone": clinic_phone,
+    }
     questions = f"Questions about your aftercare? Call {clinic_name} on {clinic_phone}."
-
-    continuous = _event(
-        uid=f"{uid}-continuous@aftercare",
-        stamp=stamp,
-        summary="Compression stockings: day and night",
-        start=start,
-        end=continuous_end,
-        description=(
-            f"Keep your {garment} on all the time, in bed too, for 72 hours after treatment. "
-            f"{questions}"
-        ),
-    )
-    daytime = _event(
-        uid=f"{uid}-daily@aftercare",
-        stamp=stamp,
-        summary="Compression stockings: wear during the day",
-        start=daily[0],
-        end=daily_end,
-        description=(
-            f"Put your {garment} on in the morning and wear them through the day, about "
-            f"12 hours. You can take them off in the evening and at night. {questions}"
-        ),
-    )
-    daytime.add("rrule", {"FREQ": "DAILY", "COUNT": len(daily)})
-    check = _event(
-        uid=f"{uid}-checkin@aftercare",
-        stamp=stamp,
-        summary=f"Aftercare check-in from {clinic_name}",
-        start=checkin,
-        end=checkin + timedelta(days=1),
-        description=(
-            f"{clinic_name} will send you a message asking how the bruising and marks on your "
-            f"legs are fading, and whether you would like another session. {questions}"
-        ),
-    )
+    start = treated_at.astimezone(zone)
+    events: list[Event] = []
+    last = start.date()
+    for spec in regimen.calendar.events:
+        where = f"{regimen.source}: calendar.events.{spec.id}"
+        made = _event(
+            uid=f"{uid}-{spec.id}@aftercare",
+            stamp=stamp,
+            summary=render_inline(spec.summary, words, where=f"{where}.summary"),
+            start=_start(spec, start, instants, zone),
+            end=_end(spec, start, instants, zone),
+            description=(
+                render_inline(spec.description, words, where=f"{where}.description")
+                + f" {questions}"
+            ),
+        )
+        if spec.repeat:
+            assert spec.start_step is not None
+            step = regimen.step(spec.start_step)
+            count = len(occurrences_of(instants, spec.start_step))
+            every = step.repeat.every_days if step.repeat else 1
+            rule: dict[str, object] = {"FREQ": "DAILY", "COUNT": count}
+            if every > 1:
+                rule["INTERVAL"] = every
+            made.add("rrule", rule)
+            last = max(last, _as_date(made.start) + timedelta(days=every * (count - 1)))
+        last = max(last, _as_date(made.start if spec.all_day else made.end))
+        events.append(made)
     calendar = Calendar.new(
         uid=f"{uid}@aftercare",
         prodid=PRODID,
         method="PUBLISH",
-        name="Aftercare: compression stockings",
-        subcomponents=[continuous, daytime, check],
+        name=render_inline(regimen.calendar.name, words, where=f"{regimen.source}: calendar.name"),
+        subcomponents=events,
     )
     # Only the transitions the events span, not the zone's whole history. Inserted before the
     # events, as Calendar.add_missing_timezones does (which would rebuild it every time).
-    first_date, last_date = start.date() - timedelta(days=1), checkin + timedelta(days=2)
+    first_date, last_date = start.date() - timedelta(days=1), last + timedelta(days=2)
     for position, tzid in enumerate(sorted(calendar.get_missing_tzids())):
         try:
             vtimezone = _vtimezone(tzid, first_date, last_date)
@@ -145,3 +139,54 @@ def regimen_calendar(
             continue  # a zone icalendar does not know: left out, as add_missing_timezones does
         calendar.subcomponents.insert(position, copy.deepcopy(vtimezone))
     return bytes(calendar.to_ical())
+
+
+def _as_date(value: date | datetime) -> date:
+    return value.date() if isinstance(value, datetime) else value
+
+
+def _start(
+    spec: CalendarEvent, treated: datetime, instants: Mapping[str, list[datetime]], zone: ZoneInfo
+) -> date | datetime:
+    if spec.start_step is None:
+        moment = treated
+    else:
+        moment = occurrences_of(instants, spec.start_step)[0].astimezone(zone)
+    return moment.date() if spec.all_day else moment
+
+
+def _end(
+    spec: CalendarEvent, treated: datetime, instants: Mapping[str, list[datetime]], zone: ZoneInfo
+) -> date | datetime:
+    begins = _start(spec, treated, instants, zone)
+    if spec.all_day:
+        return _as_date(begins) + timedelta(days=1)
+    if spec.end_step is not None:
+        return occurrences_of(instants, spec.end_step)[0].astimezone(zone)
+    assert spec.end_after is not None
+    assert isinstance(begins, datetime)
+    return (begins.astimezone(UTC) + spec.end_after).astimezone(zone)
+
+
+def sample_calendar(regimen: Regimen) -> bytes:
+    """The calendar of a sample session of ``regimen`` with its default parameters (for
+    ``aftercare check``: a fault in an event's text is a TemplateError naming its key)."""
+    parameters = regimen.resolve_parameters(None)
+    instants = step_instants(
+        regimen=regimen,
+        treated_at=SAMPLE_TREATED_AT,
+        zone=ZoneInfo("Europe/London"),
+        parameters=parameters,
+        quiet=QuietHours.parse("21:00-08:00"),
+    )
+    return regimen_calendar(
+        regimen=regimen,
+        session_key="sample",
+        treated_at=SAMPLE_TREATED_AT,
+        timezone="Europe/London",
+        parameters=parameters,
+        instants=instants,
+        clinic_name=SAMPLE_CLINIC_NAME,
+        clinic_phone=SAMPLE_CLINIC_PHONE,
+        stamp=SAMPLE_TREATED_AT,
+    )

@@ -12,35 +12,20 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aftercare.messages.gsm import sms_encoding, survives_gsm7, to_gsm7
-from aftercare.planning.planner import step_instants
+from aftercare.planning.planner import occurrences_of, step_instants
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.model import Regimen
 
-CONTEXT_KEYS = (
+# The variables every message has; a regimen adds its parameters (by name, as their ``says``
+# words) and its ``dates``.
+BASE_KEYS = (
     "first_name",
     "clinic_name",
     "clinic_phone",
-    "garment",
-    "daily_days",
-    "checkin_week",
-    "continuous_end",
-    "daily_start",
-    "daily_until",
     "day_number",
     "day_count",
-    "checkin_date",
     "unsubscribe_url",
 )
-
-GARMENTS = {
-    "lower-leg": "lower-leg compression stockings",
-    "full-leg": "full-length compression stockings",
-}
-
-# The steps whose instants the context describes.
-CONTINUOUS_END_STEP = "continuous-end"
-DAILY_WEAR_STEP = "daily-wear"
-CHECKIN_STEP = "checkin"
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MONTHS = (
@@ -111,15 +96,34 @@ def sms_first_name(first_name: str) -> str:
     return first_name
 
 
-def _occurrences(instants: Mapping[str, list[datetime]], step: str) -> list[datetime]:
-    found = instants.get(step)
-    if not found:
-        raise ValueError(f"no planned instants for step {step!r}")
-    return found
+def context_keys(regimen: Regimen) -> tuple[str, ...]:
+    """Every variable a template of ``regimen`` may use."""
+    return (*BASE_KEYS, *regimen.parameters, *regimen.dates)
+
+
+def regimen_words(
+    *,
+    regimen: Regimen,
+    parameters: Mapping[str, int | str],
+    instants: Mapping[str, list[datetime]],
+    zone: ZoneInfo,
+) -> dict[str, object]:
+    """The regimen's own variables: each parameter by name (as the words its ``says`` gives a
+    choice), and each of its ``dates`` written out in the patient's zone."""
+    words: dict[str, object] = {}
+    for name, parameter in regimen.parameters.items():
+        value = parameters.get(name, parameter.default)
+        words[name] = parameter.words(value)
+    for name, ref in regimen.dates.items():
+        series = occurrences_of(instants, ref.step)
+        local = series[0 if ref.which == "first" else -1].astimezone(zone)
+        words[name] = human_datetime(local) if ref.show == "date_time" else human_date(local.date())
+    return words
 
 
 def build_context(
     *,
+    regimen: Regimen,
     patient_name: str,
     clinic_name: str,
     clinic_phone: str,
@@ -132,26 +136,17 @@ def build_context(
 ) -> dict[str, object]:
     """The template context for one occurrence of one step (``instants`` from step_instants)."""
     zone = ZoneInfo(timezone)
-    count = len(_occurrences(instants, step))
+    count = len(occurrences_of(instants, step))
     if not 0 <= occurrence < count:
         raise ValueError(f"occurrence {occurrence} of step {step!r} is outside 0..{count - 1}")
-    continuous_end = _occurrences(instants, CONTINUOUS_END_STEP)[0].astimezone(zone)
-    daily = _occurrences(instants, DAILY_WEAR_STEP)
-    checkin = _occurrences(instants, CHECKIN_STEP)[0].astimezone(zone)
     words = patient_name.split()
     return {
         "first_name": words[0] if words else "there",
         "clinic_name": clinic_name,
         "clinic_phone": clinic_phone,
-        "garment": GARMENTS.get(str(parameters["garment"]), "compression stockings"),
-        "daily_days": int(parameters["daily_days"]),
-        "checkin_week": int(parameters["checkin_week"]),
-        "continuous_end": human_datetime(continuous_end),
-        "daily_start": human_date(daily[0].astimezone(zone).date()),
-        "daily_until": human_date(daily[-1].astimezone(zone).date()),
+        **regimen_words(regimen=regimen, parameters=parameters, instants=instants, zone=zone),
         "day_number": occurrence + 1,
         "day_count": count,
-        "checkin_date": human_date(checkin.date()),
         "unsubscribe_url": unsubscribe_url or "",
     }
 
@@ -160,7 +155,7 @@ def sample_context(
     *,
     regimen: Regimen,
     timezone: str = "Europe/London",
-    step: str = DAILY_WEAR_STEP,
+    step: str | None = None,
     occurrence: int | None = None,
     patient_name: str = SAMPLE_PATIENT_NAME,
     clinic_name: str = SAMPLE_CLINIC_NAME,
@@ -168,7 +163,8 @@ def sample_context(
     parameters: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """A realistic context for checking templates: the regimen's defaults, long names, and by
-    default the last occurrence of ``step`` (two-digit day numbers cost the most)."""
+    default the last occurrence of ``step`` (two-digit day numbers cost the most); without a
+    step, the step with the longest series."""
     resolved = regimen.resolve_parameters(dict(parameters or {}))
     instants = step_instants(
         regimen=regimen,
@@ -177,8 +173,11 @@ def sample_context(
         parameters=resolved,
         quiet=QuietHours.parse("21:00-08:00"),
     )
-    last = len(_occurrences(instants, step)) - 1
+    if step is None:
+        step = max(regimen.steps, key=lambda s: len(instants[s.id])).id
+    last = len(occurrences_of(instants, step)) - 1
     return build_context(
+        regimen=regimen,
         patient_name=patient_name,
         clinic_name=clinic_name,
         clinic_phone=clinic_phone,

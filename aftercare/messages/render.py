@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -219,3 +220,31 @@ def check_templates(
         except TemplateError as exc:
             report.faults.append(str(exc))
     return report
+
+
+@lru_cache(maxsize=1)
+def _inline_environment() -> _MessageSandbox:
+    env = _MessageSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+    del env.globals["lipsum"]
+    return env
+
+
+@lru_cache(maxsize=256)
+def _inline_template(source: str) -> jinja2.Template:
+    return _inline_environment().from_string(source)
+
+
+def render_inline(source: str, context: Mapping[str, object], *, where: str) -> str:
+    """A short template written in a regimen file (a calendar event's summary or description),
+    rendered in the same sandbox as the message templates; a fault names ``where``."""
+    try:
+        rendered = _inline_template(source).render(dict(context))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(where, exc.message or "syntax error") from exc
+    except SecurityError as exc:
+        raise TemplateError(where, f"refused by the sandbox: {exc}") from exc
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(where, f"undefined: {exc}") from exc
+    except _RENDER_ERRORS as exc:
+        raise TemplateError(where, f"{type(exc).__name__}: {exc}") from exc
+    return " ".join(rendered.split())

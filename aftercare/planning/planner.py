@@ -5,8 +5,11 @@ A pure function: no database, no broker, no clock of its own. Rules:
 * ``elapsed`` steps are exact elapsed time (72 h is 72 real hours across a DST change);
 * time-of-day steps are the patient's local wall time, so 08:00 stays 08:00 across DST;
 * an SMS that falls inside quiet hours moves to the next allowed minute (email does not);
+* a step's ``occurrences`` selection plans only some of its series (the evening reminders on
+  the first and last days only); the others are not planned at all, and the series keeps its
+  numbering and times, so steps anchored on it do not move;
 * catch-up, when a session is recorded after some steps' times have passed: steps marked
-  ``catch_up: always`` (welcome, warning signs) go out at once; of all other past steps, only
+  ``catch_up: always`` (a welcome, the warning signs) go out at once; of all other past steps, only
   the most recent one still within its ``valid_for`` window when it would go out goes out at
   once, per channel (a critical step only if it is the most recent); every other past step is
   stored as ``skipped``. Never a burst.
@@ -14,6 +17,7 @@ A pure function: no database, no broker, no clock of its own. Rules:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -130,6 +134,14 @@ def step_instants(
     return out
 
 
+def occurrences_of(instants: Mapping[str, list[datetime]], step: str) -> list[datetime]:
+    """A step's planned instants (from step_instants); a step with none is an error."""
+    found = instants.get(step)
+    if not found:
+        raise ValueError(f"no planned instants for step {step!r}")
+    return found
+
+
 def plan(
     *,
     regimen: Regimen,
@@ -149,8 +161,11 @@ def plan(
     )
     planned: list[PlannedReminder] = []
     for step in regimen.steps:
+        series = instants[step.id]
+        sent = step.occurrences.indexes(parameters, len(series))
         for channel in _channels_for(step, channels):
-            for occurrence, nominal in enumerate(instants[step.id]):
+            for occurrence in sent:
+                nominal = series[occurrence]
                 due = quiet.defer(nominal, zone) if channel == "sms" else nominal
                 planned.append(
                     _planned(

@@ -30,6 +30,13 @@ class Parameter:
     choices: tuple[int | str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
+    # What a template reads for each choice (``says:`` in the file); a value not listed reads as
+    # itself.
+    says: dict[int | str, str] = field(default_factory=dict)
+
+    def words(self, value: int | str) -> int | str:
+        """The value as a message template reads it."""
+        return self.says.get(value, value)
 
     def validate(self, value: object) -> int | str:
         """The value, checked against the declared type and range."""
@@ -107,6 +114,30 @@ class SameDay:
 
 When = Elapsed | DayTime | NextTime | SameDay
 
+# Which occurrences of a step's series are sent (``occurrences:`` in the file).
+SELECTIONS = ("all", "first", "last", "first_and_last")
+Selection = Literal["all", "first", "last", "first_and_last"]
+
+
+@dataclass(frozen=True)
+class Occurrences:
+    """Which occurrences of a step's series are sent: a constant selection, or the value of a
+    str parameter whose choices are all selections (so a clinic can change it per session)."""
+
+    constant: Selection = "all"
+    param: str | None = None
+
+    def indexes(self, params: dict[str, int | str], count: int) -> range | tuple[int, ...]:
+        """The occurrence numbers (0-based, of ``count``) that are sent."""
+        selection = self.constant if self.param is None else params[self.param]
+        if selection == "first":
+            return range(min(count, 1))
+        if selection == "last":
+            return range(max(count - 1, 0), count)
+        if selection == "first_and_last":
+            return tuple(sorted({0, count - 1})) if count else ()
+        return range(count)
+
 
 @dataclass(frozen=True)
 class Repeat:
@@ -133,6 +164,46 @@ class Step:
     catch_up: Literal["always", "latest"] = "latest"
     # Attach the compression regimen as an .ics calendar to this step's emails (the first one).
     attach_calendar: bool = False
+    # Which occurrences of the series are planned (the others are not sent; numbering is kept,
+    # so "day 14 of 14" still reads right).
+    occurrences: Occurrences = field(default_factory=Occurrences)
+    # The step that asks the patient the check-in question: a reply after it is an answer.
+    check_in: bool = False
+
+
+@dataclass(frozen=True)
+class DateRef:
+    """A template variable naming when a step happens (``dates:`` in the file)."""
+
+    step: str
+    which: Literal["first", "last"] = "first"
+    # "date": "Monday 30 March"; "date_time": "Monday 30 March at 8am".
+    show: Literal["date", "date_time"] = "date"
+
+
+@dataclass(frozen=True)
+class CalendarEvent:
+    """One event of the calendar (.ics) attached to a step's email (``calendar:`` in the file).
+
+    It starts at treatment (``start_step`` None) or at a step's first occurrence, and ends at a
+    step's first occurrence or after a duration. ``repeat``: once a day for each occurrence of
+    the start step. ``all_day``: the whole local date of its start. ``summary`` and
+    ``description`` are templates over the parameters and the clinic's name and phone."""
+
+    id: str
+    summary: str
+    description: str
+    start_step: str | None = None
+    end_step: str | None = None
+    end_after: timedelta | None = None
+    repeat: bool = False
+    all_day: bool = False
+
+
+@dataclass(frozen=True)
+class CalendarSpec:
+    name: str
+    events: tuple[CalendarEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -156,6 +227,15 @@ class Regimen:
     descriptions: dict[str, str] = field(default_factory=dict)
     # None: each session runs its whole plan, whatever later sessions there are.
     course: Course | None = None
+    # Template variables naming when steps happen, by variable name.
+    dates: dict[str, DateRef] = field(default_factory=dict)
+    # The calendar attached to the emails of steps with attach_calendar (None: no calendar).
+    calendar: CalendarSpec | None = None
+
+    @property
+    def checkin_steps(self) -> frozenset[str]:
+        """The steps that ask the check-in question."""
+        return frozenset(step.id for step in self.steps if step.check_in)
 
     def superseded_by(self, later_regimen_id: str) -> frozenset[str]:
         """The steps of a session of this regimen that a later session of

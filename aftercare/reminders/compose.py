@@ -61,6 +61,7 @@ def compose(
     )
     unsubscribe = unsubscribe_url(clinic, patient) if reminder.channel == "email" else None
     context = build_context(
+        regimen=regimen,
         patient_name=patient.name,
         clinic_name=clinic.name,
         clinic_phone=clinic.phone,
@@ -86,6 +87,7 @@ def compose(
     attachments: tuple[Attachment, ...] = ()
     if regimen.step(reminder.step).attach_calendar:
         ics = regimen_calendar(
+            regimen=regimen,
             # Stable per session (repeat sends update the same events); hashed, never shown.
             session_key=f"{patient.public_id}:{session.id}",
             treated_at=session.treated_at,

@@ -52,6 +52,7 @@ def message_texts(
         if any(m.channel == item.channel for m in out.get(key, [])):
             continue
         context = build_context(
+            regimen=regimen,
             patient_name=patient_name,
             clinic_name=settings.clinic_name,
             clinic_phone=settings.clinic_phone,

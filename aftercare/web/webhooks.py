@@ -65,6 +65,7 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
         clinic_name=settings.clinic_name,
         clinic_phone=settings.clinic_phone,
         triage=rt.triage,
+        regimens=rt.registry,
     )
     with rt.db.session() as db_session:
         received = receive_sms(
