@@ -191,6 +191,7 @@ def test_valid_request_when_enrolled_then_contact_details_are_normalised(
             "daily_days": 14,
             "checkin_week": 10,
             "garment": "lower-leg",
+            "evening_reminders": "first_and_last",
         }
         assert session.consent is True
         assert session.contraindications_checked is True

@@ -392,7 +392,7 @@ def test_preview_shows_the_timeline_in_the_patients_time_and_stores_nothing(
 
     assert response.status_code == 200
     page = text_of(response)
-    assert "46 messages from Mon 2 Mar 2026, 05:30 EST" in page  # recorded at 05:30
+    assert "34 messages from Mon 2 Mar 2026, 05:30 EST" in page  # recorded at 05:30
     assert "in the patient's time (America/New_York)" in page
     # 05:00 New York is 10:00 UTC; the 72-hour step is exact elapsed time, shown locally.
     assert "Thu 5 Mar, 05:00 End of continuous wear (72 hours) Email" in page
@@ -425,7 +425,12 @@ def test_save_records_the_session_and_opens_the_patients_timeline(pages: Pages) 
     session_id = session_id_of(response, pages.rt)
     assert response.headers["location"] == "/patients/1?done=enrolled"
     session = pages.session(session_id)
-    assert session.parameters == {"daily_days": 7, "checkin_week": 12, "garment": "lower-leg"}
+    assert session.parameters == {
+        "daily_days": 7,
+        "checkin_week": 12,
+        "garment": "lower-leg",
+        "evening_reminders": "first_and_last",
+    }
     assert session.created_by_id == pages.nurse_id
     assert session.consent
     assert session.contraindications_checked

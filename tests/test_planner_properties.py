@@ -166,7 +166,16 @@ def test_continuous_end_when_planned_then_is_exactly_72_elapsed_hours_after_trea
 def test_daily_reminders_when_planned_then_on_consecutive_days_at_08_00_and_20_00_local(
     session: Session,
 ) -> None:
-    reminders = session.plan()
+    # With the evening text every day (a clinic's choice; the default is the first and last
+    # days only, checked below).
+    reminders = plan(
+        regimen=REGIMEN,
+        treated_at=session.treated_at,
+        timezone=session.zone,
+        parameters={**session.parameters, "evening_reminders": "all"},
+        channels=session.channels,
+        quiet=QUIET,
+    )
     wear = reminders_of(reminders, "daily-wear")
     off = reminders_of(reminders, "daily-off")
     assert len(wear) == len(off) == session.daily_days
@@ -177,6 +186,9 @@ def test_daily_reminders_when_planned_then_on_consecutive_days_at_08_00_and_20_0
     for day, on, taken_off in zip(days, wear, off, strict=True):
         assert_at_wall_time(on.due_utc, day, time(8, 0), session.tz)
         assert_at_wall_time(taken_off.due_utc, day, time(20, 0), session.tz)
+    # By default the same evenings, but only the first and the last.
+    default_off = reminders_of(session.plan(), "daily-off")
+    assert default_off == [off[0], off[-1]]
 
 
 @PROPERTY

@@ -78,7 +78,8 @@ def test_take_them_off_tonight_a_day_late_is_expired_and_shown_to_staff_not_sent
     20:00, valid 3 h) until 20:30 the next evening. It comes back: that evening's message
     (still valid) goes; the day-late one, and both missed mornings, are expired with a reason
     that staff see on the timeline, and not sent."""
-    (session_id,) = enrol_many(fault_stack, 1)
+    # An evening text every day (by default only the first and last days have one).
+    (session_id,) = enrol_many(fault_stack, 1, parameters={"evening_reminders": "all"})
     first_evening = _local(4, 20)
     with fault_stack.rt.db.session() as s:
         s.execute(
