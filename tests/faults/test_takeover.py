@@ -105,9 +105,7 @@ def test_worker_sigkilled_mid_batch_over_smtp_resends_at_most_the_emails_in_flig
 ) -> None:
     fault_stack.env["AFTERCARE_SEND_BATCH"] = "30"
     # An evening message every day, as before evening_reminders existed: the same burst size.
-    enrol_many(
-        fault_stack, 8, channels=("email",), parameters={"evening_reminders": "all"}
-    )
+    enrol_many(fault_stack, 8, channels=("email",), parameters={"evening_reminders": "all"})
     burst = make_burst(fault_stack)
     assert len(burst) == 8 * 37
     due = fault_stack.clock.now()
