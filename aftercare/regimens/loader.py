@@ -17,6 +17,7 @@ import yaml
 from aftercare.regimens.model import (
     CHANNELS,
     Channel,
+    Checkin,
     Course,
     DayTime,
     Elapsed,
@@ -107,7 +108,12 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
     _refuse_duplicate_keys(ctx, root, [], set())
     if not isinstance(data, dict):
         raise ctx.fail([], "must be a mapping with id, name, version, parameters and steps")
-    _only(ctx, [], data, {"id", "name", "version", "parameters", "steps", "descriptions", "course"})
+    _only(
+        ctx,
+        [],
+        data,
+        {"id", "name", "version", "parameters", "steps", "descriptions", "course", "checkin"},
+    )
     regimen_id = _ident(ctx, ["id"], data.get("id"))
     name = _text(ctx, ["name"], data.get("name"))
     version = data.get("version")
@@ -123,6 +129,7 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
     ):
         raise ctx.fail(["descriptions"], "must map names to text")
     course = _course(ctx, data["course"], regimen_id, steps) if "course" in data else None
+    checkin = _checkin(ctx, data["checkin"], steps) if "checkin" in data else None
     return Regimen(
         id=regimen_id,
         name=name,
@@ -132,7 +139,26 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         source=file,
         descriptions=cast(dict[str, str], descriptions),
         course=course,
+        checkin=checkin,
     )
+
+
+def _checkin(ctx: _Ctx, data: Any, steps: tuple[Step, ...]) -> Checkin:
+    """``checkin: {step: S, unanswered_after_days: N}``: the step that asks the check-in
+    question, and after how many days without an answer staff are told."""
+    path: list[str | int] = ["checkin"]
+    if not isinstance(data, dict):
+        raise ctx.fail(path, "must be a mapping with step and unanswered_after_days")
+    _only(ctx, path, data, {"step", "unanswered_after_days"})
+    step_id = data.get("step")
+    if not isinstance(step_id, str) or step_id not in {step.id for step in steps}:
+        raise ctx.fail([*path, "step"], f"{step_id!r} is not a step of this regimen")
+    days = data.get("unanswered_after_days")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ctx.fail([*path, "unanswered_after_days"], "must be a positive whole number")
+    if days > MAX_DAYS:
+        raise ctx.fail([*path, "unanswered_after_days"], f"must be at most {MAX_DAYS}")
+    return Checkin(step=step_id, unanswered_after_days=days)
 
 
 def _course(ctx: _Ctx, data: Any, regimen_id: str, steps: tuple[Step, ...]) -> Course:

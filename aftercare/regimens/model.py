@@ -146,6 +146,15 @@ class Course:
 
 
 @dataclass(frozen=True)
+class Checkin:
+    """Which step asks the check-in question, and how long an unanswered one waits before staff
+    are told (aftercare/silence)."""
+
+    step: str
+    unanswered_after_days: int
+
+
+@dataclass(frozen=True)
 class Regimen:
     id: str
     name: str
@@ -156,6 +165,8 @@ class Regimen:
     descriptions: dict[str, str] = field(default_factory=dict)
     # None: each session runs its whole plan, whatever later sessions there are.
     course: Course | None = None
+    # None: this regimen asks no check-in question that staff should see go unanswered.
+    checkin: Checkin | None = None
 
     def superseded_by(self, later_regimen_id: str) -> frozenset[str]:
         """The steps of a session of this regimen that a later session of
