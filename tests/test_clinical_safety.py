@@ -32,7 +32,8 @@ REQUIRED = {
     "a clinic misconfigured": ("misconfigured", "placeholder", "cannot reply"),
 }
 RATING = re.compile(r"^S([1-5]) × L([1-5]) = (\d+) (Low|Medium|High|Very high)$")
-SUBPROCESS_TIMEOUT = 1800
+# Running every named test alone takes minutes (about 9 on a busy 2-core machine).
+SUBPROCESS_TIMEOUT = 3600
 
 
 def band(score: int) -> str:
@@ -129,6 +130,7 @@ def junit_outcomes(report: Path) -> dict[str, str]:
     return outcomes
 
 
+@pytest.mark.timeout(SUBPROCESS_TIMEOUT + 60)
 def test_every_named_test_passes(
     request: pytest.FixtureRequest, hazards: list[Hazard], tmp_path: Path
 ) -> None:
@@ -164,7 +166,7 @@ def test_every_named_test_passes(
 
 def test_the_dcb0160_checklist_covers_what_the_clinic_must_do() -> None:
     text = CHECKLIST.read_text(encoding="utf-8")
-    lowered = text.lower()
+    lowered = " ".join(text.replace("*", "").split()).lower()  # as it reads, not as it wraps
     for must in (
         "clinical safety officer",
         "sign off",
