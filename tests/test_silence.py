@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,6 +27,7 @@ from aftercare.worker import tasks
 from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SILENCE_INTERVAL, celery_settings
 from tests.conftest import REPO, make_settings
 from tests.factories import enrol
+from tests.test_api import add_staff
 from tests.test_delivery import EdgeTransport, claim_all, deliver_all, keep_only
 from tests.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio
 
@@ -74,14 +76,16 @@ def find(rt: Runtime) -> dict[str, int]:
         ).as_dict()
 
 
-def send_sms(rt: Runtime, step: str) -> tuple[int, str]:
+def send_sms(rt: Runtime, step: str, **enrol_args: Any) -> tuple[int, str]:
     """Enrol, play time forward to ``step``'s SMS and send it through the real outbox; returns
     (reminder id, provider SID)."""
-    enrol(rt)
+    enrol(rt, **enrol_args)
     keep_only(rt, step)
     with rt.db.session() as s:
         s.execute(update(Reminder).where(Reminder.channel == "email").values(state=states.SKIPPED))
-        due = s.scalar(select(Reminder.due_at).where(Reminder.step == step))
+        due = s.scalar(
+            select(Reminder.due_at).where(Reminder.step == step, Reminder.state == states.SCHEDULED)
+        )
     assert due is not None
     rt.clock.set(due)  # type: ignore[attr-defined]
     [reminder_id] = claim_all(rt)
@@ -353,3 +357,26 @@ def test_beat_asks_for_silence_detection_on_the_dispatch_queue(tmp_path: Path) -
     assert entry["task"] == "aftercare.silence"
     assert entry["schedule"] == SILENCE_INTERVAL
     assert conf["task_routes"]["aftercare.silence"] == {"queue": DISPATCH_QUEUE}
+
+
+# --- What staff see -----------------------------------------------------------------------------
+
+
+def test_silence_flags_are_listed_by_the_api_urgent_first_with_their_kinds(
+    rt: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    enrol(rt)
+    ask_checkin(rt, clock)
+    clock.advance(timedelta(days=checkin_step(rt)[1]))
+    assert find(rt)["unanswered"] == 1
+    _reminder_id, sid = send_sms(rt, critical_step(rt), name="Other Patient", phone="07912 345678")
+    twilio.status(sid, "undelivered", "30003")
+    _nurse_id, token = add_staff(rt, "nurse@example.org", "staff")
+
+    response = twilio.client.get("/api/v1/flags", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200
+    assert [(f["kind"], f["severity"]) for f in response.json()] == [
+        ("critical_undelivered", "urgent"),
+        ("checkin_unanswered", "info"),
+    ]
