@@ -5,6 +5,7 @@ opted out, is an info flag. Each is raised once."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from aftercare.storage.models import DeliveryAttempt, Flag, Reminder, TreatmentS
 from aftercare.web.app import create_app
 from aftercare.worker import tasks
 from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SILENCE_INTERVAL, celery_settings
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, _truncate, make_settings
 from tests.factories import enrol
 from tests.test_api import add_staff
 from tests.test_delivery import EdgeTransport, claim_all, deliver_all, keep_only
@@ -380,3 +381,46 @@ def test_silence_flags_are_listed_by_the_api_urgent_first_with_their_kinds(
         ("critical_undelivered", "urgent"),
         ("checkin_unanswered", "info"),
     ]
+
+
+@pytest.fixture
+def pg_runtime(tmp_path: Path, pg_url: str, clock: FixedClock) -> Iterator[Runtime]:
+    rt = Runtime(make_settings(tmp_path, database_url=pg_url))
+    rt.clock = clock
+    yield rt
+    _truncate(rt.db)
+    rt.db.dispose()
+
+
+def test_two_passes_at_once_on_postgres_flag_a_session_once(
+    pg_runtime: Runtime, clock: FixedClock
+) -> None:
+    rt = pg_runtime
+    enrol(rt)
+    ask_checkin(rt, clock)
+    clock.advance(timedelta(days=checkin_step(rt)[1]))
+    results: list[dict[str, int]] = []
+    with rt.db.session() as first:
+        summary = find_silent_checkins(db_session=first, registry=rt.registry, now=clock.now())
+        assert summary.as_dict() == {"unanswered": 1, "opted_out": 0}
+        # A second pass starts while the first has not committed: it must wait for the
+        # session's row lock, then see the first pass's flag.
+        second = threading.Thread(target=lambda: results.append(find(rt)))
+        second.start()
+        waiting = False
+        for _ in range(1000):
+            waiting = bool(
+                first.connection()
+                .exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE NOT l.granted AND a.datname = current_database()"
+                )
+                .scalar()
+            )
+            if waiting:
+                break
+            second.join(timeout=0.01)
+        assert waiting, "the second pass never waited for the first"
+    second.join(timeout=30)
+    assert results == [{"unanswered": 0, "opted_out": 0}]
+    assert len(flags_of(rt, "checkin_unanswered")) == 1
