@@ -35,7 +35,7 @@ REDIS_URL = os.environ.get("AFTERCARE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_LOCK = "aftercare:test-run-lock"
 TEST_SECRET = "test-secret-key-not-for-production-0123456789"
 
-pytest_plugins = ["tests.stacks"]
+pytest_plugins = ["tests.stacks", "tests.safety_evidence"]
 
 
 def _unavailable(what: str, exc: Exception) -> None:

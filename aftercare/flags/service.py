@@ -21,6 +21,10 @@ KINDS: Final = (
     "opt_out",
     "delivery_failed",
     "stale_reminder",
+    # Silence (aftercare/silence, README "Flags"): what did not reach the patient, or got no answer.
+    "critical_undelivered",
+    "checkin_unanswered",
+    "opted_out_before_checkin",
 )
 # The severity a flag of each kind has unless its raiser says otherwise (replies are triaged).
 DEFAULT_SEVERITY: Final[dict[str, Severity]] = {
@@ -31,6 +35,9 @@ DEFAULT_SEVERITY: Final[dict[str, Severity]] = {
     "opt_out": "info",
     "delivery_failed": "concern",
     "stale_reminder": "concern",
+    "critical_undelivered": "urgent",
+    "checkin_unanswered": "info",
+    "opted_out_before_checkin": "info",
 }
 ALARMS: Final = frozenset({"emergency", "urgent"})
 

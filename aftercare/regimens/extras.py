@@ -5,10 +5,21 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
-from aftercare.regimens.fields import Ctx, Path, duration, flag, ident, mapping, one_of, text
+from aftercare.regimens.fields import (
+    MAX_DAYS,
+    Ctx,
+    Path,
+    duration,
+    flag,
+    ident,
+    mapping,
+    one_of,
+    text,
+)
 from aftercare.regimens.model import (
     CalendarEvent,
     CalendarSpec,
+    Checkin,
     Course,
     DateRef,
     Parameter,
@@ -39,6 +50,22 @@ def parse_course(ctx: Ctx, data: Any, regimen_id: str, steps: tuple[Step, ...]) 
     if len(set(supersede)) != len(supersede):
         raise ctx.fail([*path, "supersede"], "lists a step twice")
     return Course(same_as=frozenset([regimen_id, *same_as]), supersede=frozenset(supersede))
+
+
+def parse_checkin(ctx: Ctx, data: Any, steps: tuple[Step, ...]) -> Checkin:
+    """``check_in: {unanswered_after_days: N}``: after how many days without an answer to the
+    steps marked ``check_in: true`` staff are told (aftercare/silence)."""
+    path: Path = ["check_in"]
+    data = mapping(ctx, path, data, {"unanswered_after_days"}, "with unanswered_after_days")
+    asking = frozenset(step.id for step in steps if step.check_in)
+    if not asking:
+        raise ctx.fail(path, "no step is marked check_in: true")
+    days = data.get("unanswered_after_days")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ctx.fail([*path, "unanswered_after_days"], "must be a positive whole number")
+    if days > MAX_DAYS:
+        raise ctx.fail([*path, "unanswered_after_days"], f"must be at most {MAX_DAYS}")
+    return Checkin(steps=asking, unanswered_after_days=days)
 
 
 def _step_of(ctx: Ctx, path: Path, step_id: Any, steps: tuple[Step, ...]) -> str:

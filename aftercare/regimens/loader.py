@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import yaml
 
-from aftercare.regimens.extras import parse_calendar, parse_course, parse_dates
+from aftercare.regimens.extras import parse_calendar, parse_checkin, parse_course, parse_dates
 from aftercare.regimens.fields import (
     MAX_DAYS,
     MAX_DURATION,
@@ -47,6 +47,7 @@ TOP_KEYS = {
     "course",
     "dates",
     "calendar",
+    "check_in",
 }
 
 
@@ -97,6 +98,7 @@ def parse_regimen(text: str, *, file: str = "<regimen>") -> Regimen:
         course=parse_course(ctx, data["course"], regimen_id, steps) if "course" in data else None,
         dates=parse_dates(ctx, data.get("dates") or {}, steps, parameters),
         calendar=calendar,
+        checkin=parse_checkin(ctx, data["check_in"], steps) if "check_in" in data else None,
     )
 
 

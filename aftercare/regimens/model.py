@@ -217,6 +217,15 @@ class Course:
 
 
 @dataclass(frozen=True)
+class Checkin:
+    """Which steps ask the check-in question (those marked ``check_in: true``), and how long an
+    unanswered one waits before staff are told (aftercare/silence)."""
+
+    steps: frozenset[str]  # the steps marked check_in: true
+    unanswered_after_days: int
+
+
+@dataclass(frozen=True)
 class Regimen:
     id: str
     name: str
@@ -227,6 +236,8 @@ class Regimen:
     descriptions: dict[str, str] = field(default_factory=dict)
     # None: each session runs its whole plan, whatever later sessions there are.
     course: Course | None = None
+    # None: this regimen asks no check-in question that staff should see go unanswered.
+    checkin: Checkin | None = None
     # Template variables naming when steps happen, by variable name.
     dates: dict[str, DateRef] = field(default_factory=dict)
     # The calendar attached to the emails of steps with attach_calendar (None: no calendar).

@@ -1,4 +1,5 @@
-"""What follows a reminder failing for good: staff are told, a number the provider refused gets
+"""What follows a reminder failing for good: staff are told (urgently when the regimen marks the
+step critical, aftercare/silence), a number the provider refused gets
 no more SMS, and the email version of a failed SMS goes out instead, once.
 
 Called in the transaction that moved the reminder to ``failed`` (by delivery, or by a status
@@ -21,6 +22,7 @@ from aftercare.audit.service import record as audit
 from aftercare.flags.service import raise_flag
 from aftercare.inbound.service import withdraw_sms_consent
 from aftercare.reminders import states
+from aftercare.silence.critical import flag_critical_failure
 from aftercare.storage.models import Flag, Patient, Reminder, TreatmentSession
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,13 @@ def after_failure(
     if reminder.channel == "sms" and not opted_out:
         email_id = fall_back_to_email(db_session=db_session, reminder=reminder, now=now)
         notes.append(_fallback_note(db_session, reminder, patient, email_id))
-    _flag_once(db_session, reminder=reminder, patient=patient, text=" ".join(notes), now=now)
+    if reminder.critical:
+        # A safety-critical message (the regimen says which) that failed is urgent, not routine.
+        flag_critical_failure(
+            db_session, reminder=reminder, patient_id=patient.id, detail=" ".join(notes), now=now
+        )
+    else:
+        _flag_once(db_session, reminder=reminder, patient=patient, text=" ".join(notes), now=now)
     return email_id
 
 

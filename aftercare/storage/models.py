@@ -222,7 +222,8 @@ class Flag(Base):
     reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
     # urgent_reply | checkin_concern | unrecognised_reply | booking_request | opt_out |
-    # delivery_failed | stale_reminder
+    # delivery_failed | stale_reminder | critical_undelivered | checkin_unanswered |
+    # opted_out_before_checkin
     kind: Mapped[str] = mapped_column(String(32))
     # emergency | urgent | concern | info; ``urgent`` is true for the first two.
     severity: Mapped[str] = mapped_column(String(16), default="concern", server_default="concern")

@@ -77,6 +77,9 @@ FLAG_KINDS: Final = {
     "opt_out": "Stopped texts",
     "delivery_failed": "Delivery failed",
     "stale_reminder": "Reminder stuck",
+    "critical_undelivered": "Safety message not delivered",
+    "checkin_unanswered": "Check-in not answered",
+    "opted_out_before_checkin": "Opted out before check-in",
 }
 AUDIT_ACTIONS: Final = {
     "enrol": "Recorded a session",

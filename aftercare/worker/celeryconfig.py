@@ -14,6 +14,8 @@ DISPATCH_QUEUE = "aftercare.dispatch"
 SEND_QUEUE = "aftercare.send"
 # ``aftercare worker --queues`` takes these short names or the queue names themselves.
 QUEUES = {"dispatch": DISPATCH_QUEUE, "send": SEND_QUEUE}
+# Seconds between passes of silence detection (aftercare/silence/checkins.py).
+SILENCE_INTERVAL = 600.0
 
 
 def parse_queues(text: str) -> list[str]:
@@ -47,6 +49,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             "aftercare.dispatch": {"queue": DISPATCH_QUEUE},
             "aftercare.recover": {"queue": DISPATCH_QUEUE},
             "aftercare.retention": {"queue": DISPATCH_QUEUE},
+            "aftercare.silence": {"queue": DISPATCH_QUEUE},
             "aftercare.send": {"queue": SEND_QUEUE},
         },
         "beat_schedule": {
@@ -60,6 +63,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
                 "task": "aftercare.recover",
                 "schedule": settings.recover_interval,
                 "options": {"expires": max(settings.recover_interval * 2, 10.0)},
+            },
+            # Check-ins gone silent are counted in days: a pass every few minutes is plenty.
+            "find-silent-checkins": {
+                "task": "aftercare.silence",
+                "schedule": SILENCE_INTERVAL,
+                "options": {"expires": SILENCE_INTERVAL},
             },
             # Daily, at a quiet hour: anonymise patients whose regimen ended long ago.
             "anonymise-expired-patients": {

@@ -15,6 +15,7 @@ from aftercare import retention
 from aftercare.ops import heartbeat, metrics
 from aftercare.reminders import delivery, dispatch, leases
 from aftercare.runtime import Runtime, get_runtime
+from aftercare.silence import checkins
 from aftercare.worker.app import app
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,19 @@ def anonymise_expired(self: AftercareTask) -> dict[str, int]:
         outbox_dir=rt.settings.outbox_dir,
     )
     log.info("retention", extra=summary)
+    return summary
+
+
+@app.task(base=AftercareTask, bind=True, name="aftercare.silence")
+def find_silence(self: AftercareTask) -> dict[str, int]:
+    """Flag check-ins left unanswered, or not sent because the patient had opted out."""
+    rt = self.runtime
+    with rt.db.session() as db_session:
+        summary = checkins.find_silent_checkins(
+            db_session=db_session, registry=rt.registry, now=rt.clock.now()
+        ).as_dict()
+    if any(summary.values()):
+        log.info("silence", extra=summary)
     return summary
 
 

@@ -1,0 +1,1 @@
+"""Silence detection: what did not reach a patient, or got no answer, is flagged for staff."""
