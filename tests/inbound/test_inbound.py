@@ -45,6 +45,9 @@ from tests.web.test_pages import add_staff as add_page_staff
 if TYPE_CHECKING:
     from httpx2 import Response  # what starlette's TestClient answers with
 
+# PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
+pytestmark = pytest.mark.rollback
+
 AUTH_TOKEN = "test-twilio-auth-token-0123456789abcdef"
 PUBLIC = "https://clinic.example"
 INBOUND = "/webhooks/twilio/inbound"
@@ -250,6 +253,7 @@ def test_help_then_answered_with_clinic_name_and_phone(rt: Runtime, twilio: Fake
     ("body", "answer"),
     [("1", "1"), ("2", "2"), ("All faded now, thanks", "1"), ("still fading a bit", "2")],
 )
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_checkin_answer_when_asked_then_recorded_on_session_and_thanked(
     rt: Runtime, twilio: FakeTwilio, clock: FixedClock, body: str, answer: str
 ) -> None:
@@ -264,6 +268,7 @@ def test_checkin_answer_when_asked_then_recorded_on_session_and_thanked(
     assert inbound(rt)[0].checkin_answer == answer
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 @pytest.mark.parametrize("body", ["3", "Still dark", "worried, they are still there"])
 def test_checkin_answer_3_then_recorded_flagged_concern_and_safety_net_sent(
     rt: Runtime, twilio: FakeTwilio, clock: FixedClock, body: str
@@ -292,6 +297,7 @@ def test_checkin_answer_before_the_checkin_was_asked_then_not_recorded_but_shown
     assert (flag.kind, flag.urgent) == ("unrecognised_reply", False)
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_later_checkin_answer_then_replaces_the_earlier_one(
     rt: Runtime, twilio: FakeTwilio, clock: FixedClock
 ) -> None:
@@ -514,6 +520,7 @@ def test_nothing_but_a_stop_request_opts_out(rt: Runtime, twilio: FakeTwilio, bo
     assert audits(rt, "opt_out") == []
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_yes_after_the_checkin_then_a_booking_request_not_start(
     rt: Runtime, twilio: FakeTwilio, clock: FixedClock
 ) -> None:

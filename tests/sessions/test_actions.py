@@ -24,6 +24,9 @@ from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.models import AuditEvent, Patient, Reminder, StaffUser, TreatmentSession
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
 
+# PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
+pytestmark = pytest.mark.rollback
+
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -96,6 +99,7 @@ def test_pause_holds_scheduled_and_queued_reminders_and_a_queued_one_is_then_not
     assert audit_actions(runtime) == [("pause", actor)]
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_pause_leaves_sent_reminders_alone(runtime: Runtime, actor: int) -> None:
     session_id = enrol(runtime)
     assert set(deliver_due(runtime)) == {states.SENT}
@@ -142,6 +146,7 @@ def test_resume_after_a_long_pause_expires_stale_reminders_and_defers_sms_past_q
     assert [a for a, _ in audit_actions(runtime)] == ["pause", "resume"]
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_cancel_cancels_every_pending_reminder_and_leaves_sent_ones(
     runtime: Runtime, actor: int
 ) -> None:
@@ -228,6 +233,7 @@ def expected_future(rt: Runtime, session_id: int, zone: str, channels: tuple[str
     return {(p.step, p.occurrence, p.channel, p.due_utc) for p in planned if p.due_utc > now}
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_new_timezone_replans_only_future_reminders_and_leaves_sent_ones_untouched(
     runtime: Runtime, clock: FixedClock, actor: int
 ) -> None:
@@ -262,6 +268,7 @@ def audit_events(rt: Runtime) -> list[AuditEvent]:
         return list(list_events(db_session=s))
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_dropping_and_readding_a_channel_replans_in_place_without_duplicate_slots(
     runtime: Runtime, clock: FixedClock, actor: int
 ) -> None:
@@ -369,6 +376,7 @@ def test_phone_may_be_removed_when_sms_is_no_longer_chosen(runtime: Runtime, act
 # Erase ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_erase_replaces_personal_data_cancels_pending_reminders_and_keeps_an_anonymous_record(
     runtime: Runtime, actor: int
 ) -> None:

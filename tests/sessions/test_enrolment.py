@@ -19,6 +19,9 @@ from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.models import Base, Reminder, TreatmentSession
 
 # The ``clock`` fixture's instant (conftest.py): a Monday morning, before the DST change.
+# PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
+pytestmark = pytest.mark.rollback
+
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 LONDON = ZoneInfo("Europe/London")
 ALWAYS_CAUGHT_UP = {"welcome", "warning-signs"}

@@ -30,6 +30,9 @@ from aftercare.storage.models import (
 )
 from aftercare.web.app import create_app
 
+# PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
+pytestmark = pytest.mark.rollback
+
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 NAME = "Philippa Quennell"
 PHONE = "+447911123456"
@@ -331,6 +334,7 @@ def test_body_that_is_not_utf8_is_422_in_the_same_shape(api: Api) -> None:
 # The timeline, pause, resume, cancel -------------------------------------------------------------
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_session_timeline_shows_states_attempts_without_provider_text_and_replies(
     api: Api,
 ) -> None:
@@ -395,6 +399,7 @@ def test_pause_then_resume_round_trip(api: Api) -> None:
     assert actions == ["enrol", "pause", "resume"]
 
 
+@pytest.mark.commits  # delivers: record_sent writes on its own connection
 def test_cancel_cancels_what_is_pending(api: Api) -> None:
     session_id = api.enrol()["id"]
     deliver_due(api.rt)
