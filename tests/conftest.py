@@ -126,12 +126,17 @@ def _truncate(db: Database) -> None:
                 conn.execute(text(f"DELETE FROM {table}"))
 
 
-def _is_empty(db: Database) -> bool:
-    """No row in any table (one round trip): nothing was committed that needs TRUNCATE."""
+def _restart_if_empty(db: Database) -> bool:
+    """PostgreSQL after a rolled-back test: if no table has a row (nothing was committed), the
+    sequences a rollback leaves advanced start again at 1, as TRUNCATE's RESTART IDENTITY does
+    (tests may name ``/patients/1``); False (nothing done) if something was committed."""
     tables = [t.name for t in Base.metadata.sorted_tables]
     query = " UNION ALL ".join(f"SELECT 1 FROM (SELECT 1 FROM {t} LIMIT 1) AS {t}" for t in tables)
-    with db.engine.connect() as conn:
-        return conn.execute(text(query)).first() is None
+    with db.engine.begin() as conn:
+        if conn.execute(text(query)).first() is not None:
+            return False
+        conn.execute(text("SELECT setval(oid, 1, false) FROM pg_class WHERE relkind = 'S'"))
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +183,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     db = Database(url)
     # A rolled-back test that also committed (another connection, a thread, a process) is
     # caught here and emptied as any other.
-    if not (_rolls_back(request) and _is_empty(db)):
+    if not (_rolls_back(request) and _restart_if_empty(db)):
         _truncate(db)
     db.dispose()
 

@@ -21,8 +21,8 @@ from aftercare.reminders.dispatch import claim_due
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions
 from aftercare.sessions.validation import ValidationFailed
-from aftercare.storage.models import AuditEvent, Patient, Reminder, StaffUser, TreatmentSession
-from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
+from aftercare.storage.models import AuditEvent, Patient, Reminder, TreatmentSession
+from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, add_staff, enrol
 
 # PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
 pytestmark = pytest.mark.rollback
@@ -37,10 +37,7 @@ Slot = tuple[str, int, str]
 def actor(runtime: Runtime) -> int:
     """A staff member's id, as the faces pass it (no password needed here)."""
     with runtime.db.session() as s:
-        user = StaffUser(email="nurse@example.org", password_hash="-", role="staff", created_at=NOW)
-        s.add(user)
-        s.flush()
-        return user.id
+        return add_staff(s, now=NOW, email="nurse@example.org", role="staff").id
 
 
 def reminders(rt: Runtime, session_id: int) -> dict[Slot, Reminder]:

@@ -23,12 +23,12 @@ from aftercare.runtime import Runtime
 from aftercare.staff.service import hash_password, issue_token, revoke_tokens
 from aftercare.storage.models import (
     AuditEvent,
-    InboundMessage,
     Patient,
-    StaffUser,
     TreatmentSession,
 )
 from aftercare.web.app import create_app
+from tests.factories import add_inbound
+from tests.factories import add_staff as staff_row
 
 # PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
 pytestmark = pytest.mark.rollback
@@ -88,9 +88,7 @@ class Api:
 
 def add_staff(rt: Runtime, email: str, role: str) -> tuple[int, str]:
     with rt.db.session() as s:
-        user = StaffUser(email=email, password_hash=_password_hash(), role=role, created_at=NOW)
-        s.add(user)
-        s.flush()
+        user = staff_row(s, now=NOW, email=email, role=role, password_hash=_password_hash())
         return user.id, issue_token(db_session=s, staff_id=user.id, now=NOW)[1]
 
 
@@ -341,16 +339,15 @@ def test_session_timeline_shows_states_attempts_without_provider_text_and_replie
     created = api.enrol()
     deliver_due(api.rt, {"sms": RefusingSms()})
     with api.rt.db.session() as s:
-        s.add(
-            InboundMessage(
-                provider_sid="SM" + "0" * 32,
-                from_number=PHONE,
-                patient_id=created["patient_id"],
-                session_id=created["id"],
-                body="Legs are fine, thanks",
-                received_at=NOW + timedelta(minutes=5),
-                kind="unrecognised",
-            )
+        add_inbound(
+            s,
+            provider_sid="SM" + "0" * 32,
+            from_number=PHONE,
+            patient_id=created["patient_id"],
+            session_id=created["id"],
+            body="Legs are fine, thanks",
+            received_at=NOW + timedelta(minutes=5),
+            kind="unrecognised",
         )
 
     response = api.client.get(f"/api/v1/sessions/{created['id']}")

@@ -15,7 +15,7 @@ from aftercare.runtime import Runtime
 from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag, InboundMessage
 from aftercare.web.app import create_app
-from tests.factories import enrol
+from tests.factories import add_flag, enrol
 from tests.inbound.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio
 from tests.web.test_pages import ADMIN, NURSE, Pages, add_staff, log_in
 
@@ -70,17 +70,15 @@ def test_a_reply_with_bidi_controls_is_stored_and_flagged_without_them(pages: Pa
 def test_a_resolution_note_is_stored_without_bidi_controls(pages: Pages) -> None:
     session_id = enrol(pages.rt)
     with pages.rt.db.session() as s:
-        flag = Flag(
+        flag_id = add_flag(
+            s,
             kind="checkin_concern",
             urgent=True,
             patient_id=1,
             session_id=session_id,
             text="Still dark",
-            created_at=pages.clock.now(),
-        )
-        s.add(flag)
-        s.flush()
-        flag_id = flag.id
+            now=pages.clock.now(),
+        ).id
     response = pages.post(f"/flags/{flag_id}/resolve", {"note": f"Called {RLO}kcab{PDF} fine"})
     assert response.status_code == 303, response.text
     with pages.rt.db.session() as s:
@@ -90,15 +88,14 @@ def test_a_resolution_note_is_stored_without_bidi_controls(pages: Pages) -> None
 def test_a_staff_page_never_shows_a_bidi_control_stored_before(pages: Pages) -> None:
     session_id = enrol(pages.rt)
     with pages.rt.db.session() as s:
-        s.add(  # a row written before controls were dropped on the way in
-            Flag(
-                kind="unrecognised_reply",
-                urgent=False,
-                patient_id=1,
-                session_id=session_id,
-                text=f"Reply: “{RLO}llac em”",
-                created_at=pages.clock.now(),
-            )
+        add_flag(  # a row written before controls were dropped on the way in
+            s,
+            kind="unrecognised_reply",
+            urgent=False,
+            patient_id=1,
+            session_id=session_id,
+            text=f"Reply: “{RLO}llac em”",
+            now=pages.clock.now(),
         )
     for path in ("/flags", "/patients/1"):
         page = pages.client.get(path)

@@ -35,6 +35,7 @@ from aftercare.storage.models import (
     WebSession,
 )
 from aftercare.web.app import create_app
+from tests.factories import add_staff as staff_row
 from tests.factories import enrol
 
 PASSWORD = "a password for the page tests"
@@ -109,15 +110,14 @@ class Pages:
 
 def add_staff(rt: Runtime, email: str, role: str, name: str = "") -> int:
     with rt.db.session() as s:
-        user = StaffUser(
+        user = staff_row(
+            s,
+            now=rt.clock.now(),
             email=email,
             name=name,
             password_hash=_password_hash(),
             role=role,
-            created_at=rt.clock.now(),
         )
-        s.add(user)
-        s.flush()
         return user.id
 
 
