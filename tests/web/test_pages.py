@@ -38,6 +38,9 @@ from aftercare.web.app import create_app
 from tests.factories import add_staff as staff_row
 from tests.factories import enrol
 
+# PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).
+pytestmark = pytest.mark.rollback
+
 PASSWORD = "a password for the page tests"
 NURSE = "nurse@example.org"
 ADMIN = "admin@example.org"
