@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import sessionmaker
 
 from aftercare.clock import FixedClock
 from aftercare.runtime import Runtime, set_runtime
@@ -123,24 +126,94 @@ def _truncate(db: Database) -> None:
                 conn.execute(text(f"DELETE FROM {table}"))
 
 
+def _restart_if_empty(db: Database) -> bool:
+    """PostgreSQL after a rolled-back test: if no table has a row (nothing was committed), the
+    sequences a rollback leaves advanced start again at 1, as TRUNCATE's RESTART IDENTITY does
+    (tests may name ``/patients/1``); False (nothing done) if something was committed."""
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    query = " UNION ALL ".join(f"SELECT 1 FROM (SELECT 1 FROM {t} LIMIT 1) AS {t}" for t in tables)
+    with db.engine.begin() as conn:
+        if conn.execute(text(query)).first() is not None:
+            return False
+        conn.execute(text("SELECT setval(oid, 1, false) FROM pg_class WHERE relkind = 'S'"))
+    return True
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, built once per run; each test gets a copy (the migrations take
+    seconds, a copy a millisecond)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "aftercare.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:  # everything in the file itself, none in its WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'aftercare.sqlite3'}"
-    upgrade(url)
-    return url
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh, migrated SQLite database of this test's own (a copy of the run's template)."""
+    path = tmp_path / "aftercare.sqlite3"
+    shutil.copyfile(sqlite_template, path)
+    path.chmod(0o600)
+    return f"sqlite:///{path}"
+
+
+def _rolls_back(request: pytest.FixtureRequest) -> bool:
+    """The test opted in to a rolled-back transaction (``rollback``) and not out (``commits``)."""
+    node = request.node
+    return (
+        node.get_closest_marker("rollback") is not None
+        and node.get_closest_marker("commits") is None
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each test that takes this runs twice: on SQLite and on PostgreSQL (emptied after)."""
+    """Each test that takes this runs twice: on SQLite and on PostgreSQL.
+
+    PostgreSQL is emptied after the test with TRUNCATE, unless the test's ``runtime`` ran in
+    one transaction rolled back at the end (``@pytest.mark.rollback``) and left nothing."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_url")
         return
     url = request.getfixturevalue("pg_url")
     yield url
     db = Database(url)
-    _truncate(db)
+    # A rolled-back test that also committed (another connection, a thread, a process) is
+    # caught here and emptied as any other.
+    if not (_rolls_back(request) and _restart_if_empty(db)):
+        _truncate(db)
     db.dispose()
+
+
+class RolledBackDatabase(Database):
+    """A Database whose sessions all join one transaction on one connection, rolled back when
+    the test ends (SQLAlchemy's "joining a session into an external transaction": each
+    ``session.begin()`` of the code is a SAVEPOINT, its commit a RELEASE).
+
+    Only for in-process code that goes through :meth:`Database.session`: rows it writes are
+    invisible to other connections (``engine.begin()``, the PostgreSQL fast path of
+    ``record_sent``, another thread's pool connection, a worker process). Tests that need those
+    keep the default (TRUNCATE after) or say ``@pytest.mark.commits``.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.connection: Connection = self.engine.connect()
+        self.outer = self.connection.begin()
+        self.sessionmaker = sessionmaker(
+            bind=self.connection,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+        )
+
+    def dispose(self) -> None:
+        if self.outer.is_active:
+            self.outer.rollback()
+        self.connection.close()
+        super().dispose()
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -164,9 +237,16 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path, database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    """A runtime on a real database (SQLite and PostgreSQL), outbox transports, a fixed clock."""
+def runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, clock: FixedClock
+) -> Iterator[Runtime]:
+    """A runtime on a real database (SQLite and PostgreSQL), outbox transports, a fixed clock.
+
+    With ``@pytest.mark.rollback`` its PostgreSQL database is a :class:`RolledBackDatabase`
+    (no TRUNCATE after the test); SQLite is a fresh copy for every test either way."""
     rt = Runtime(make_settings(tmp_path, database_url=database_url))
+    if _rolls_back(request) and database_url.startswith("postgresql"):
+        rt.db = RolledBackDatabase(database_url)
     rt.clock = clock
     set_runtime(rt)
     yield rt

@@ -8,7 +8,7 @@ produced, part for part: multipart/alternative plain text + HTML (inside multipa
 any attachments), utf-8 bodies encoded as its content manager chooses (7bit, 8bit,
 quoted-printable or base64; body lines of at most 78 octets), and headers the email package still
 encodes whenever they are not plain ASCII. The outbox transport writes the same bytes to its
-files. (The email package's version is kept in tests/test_mime.py, as the reference.)
+files. (The email package's version is kept in tests/channels/test_mime.py, as the reference.)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from aftercare.storage.models import Base
 MB = 1024 * 1024
 # The largest value a JSON body can carry under the default body limit (64 KiB) with room for
 # the rest of the body: a bigger body is refused whole with 413 before it is read
-# (tests/test_request_limits.py), so the field-by-field refusal is pinned just below it.
+# (tests/web/test_request_limits.py), so the field-by-field refusal is pinned just below it.
 BIG = 48 * 1024
 
 # Columns that legitimately move on a read-only request (a token's "last used" stamp).

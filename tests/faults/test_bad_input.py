@@ -40,7 +40,7 @@ from aftercare.web.app import create_app
 from tests.conftest import _truncate, make_settings
 from tests.faults import corpus
 from tests.faults.corpus import MB, Case, RawJson, table_snapshot
-from tests.test_api import add_staff
+from tests.web.test_api import add_staff
 
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
 AUTH_TOKEN = "test-twilio-auth-token-0123456789abcdef"

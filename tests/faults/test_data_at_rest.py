@@ -30,7 +30,7 @@ from aftercare.storage.migrate import upgrade
 from aftercare.web.app import create_app
 from tests.conftest import make_settings
 from tests.factories import enrol
-from tests.test_api import add_staff, deliver_due
+from tests.web.test_api import add_staff, deliver_due
 
 NAME = "Zebulon Quarrington"
 EMAIL = "zebulon.quarrington@example.org"

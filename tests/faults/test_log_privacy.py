@@ -34,7 +34,7 @@ from aftercare.storage.models import Patient
 from aftercare.web import web_auth
 from tests.conftest import REPO, TEST_SECRET
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
-from tests.test_api import add_staff
+from tests.web.test_api import add_staff
 
 BIN = Path(sys.executable).parent
 

@@ -49,13 +49,13 @@ from aftercare.staff.service import disable_staff, issue_token, revoke_tokens
 from aftercare.storage.models import DeliveryAttempt, InboundMessage, Patient, Reminder, StaffUser
 from aftercare.web import web_auth
 from aftercare.web.app import create_app
+from tests.channels.test_smtp import Accounts, LoopbackServer, Recorder
 from tests.conftest import REPO, TEST_SECRET, _truncate
 from tests.fakes.twilio import ACCOUNT_SID, FakeTwilio
 from tests.fakes.twilio import AUTH_TOKEN as FAKE_TWILIO_TOKEN
 from tests.faults.corpus import table_snapshot
 from tests.stacks import TREATED, Stack, make_stack, start_aftercare
-from tests.test_api import add_staff, deliver_due
-from tests.test_smtp import Accounts, LoopbackServer, Recorder
+from tests.web.test_api import add_staff, deliver_due
 
 AUTH_TOKEN = "test-twilio-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://clinic.example"
