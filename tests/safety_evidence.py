@@ -2,7 +2,7 @@
 
 During any run it records the outcome of every named test the run selected; at the end it
 fails the run if one of them failed, was skipped or was expected to fail (a skipped test is
-not evidence). tests/test_clinical_safety.py uses what it recorded to know whether this run
+not evidence). tests/ops/test_clinical_safety.py uses what it recorded to know whether this run
 covers every named test, and runs the rest in a subprocess when it does not.
 """
 

@@ -1,5 +1,5 @@
 """Read the hazard log (docs/clinical-safety.md): its rows, controls and the tests named as
-evidence. Shared by tests/test_clinical_safety.py and the evidence plugin."""
+evidence. Shared by tests/ops/test_clinical_safety.py and the evidence plugin."""
 
 from __future__ import annotations
 

@@ -32,9 +32,9 @@ from aftercare.runtime import Runtime, set_runtime
 from aftercare.storage.models import Reminder, TreatmentSession
 from tests.conftest import make_settings
 from tests.factories import PATIENT_PHONE, enrol
-from tests.test_delivery import claim_all, deliver_all
+from tests.reminders.test_delivery import claim_all, deliver_all
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEST_REGIMENS = REPO / "tests" / "regimens"
 SHIPPED = REPO / "schedules" / "micro-sclerotherapy.yaml"
 QUIET = QuietHours.parse("21:00-08:00")

@@ -28,9 +28,9 @@ from aftercare.worker import tasks
 from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SILENCE_INTERVAL, celery_settings
 from tests.conftest import REPO, _truncate, make_settings
 from tests.factories import enrol
-from tests.test_api import add_staff
-from tests.test_delivery import EdgeTransport, claim_all, deliver_all, keep_only
-from tests.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio
+from tests.inbound.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio
+from tests.reminders.test_delivery import EdgeTransport, claim_all, deliver_all, keep_only
+from tests.web.test_api import add_staff
 
 SHIPPED = REPO / "schedules" / "micro-sclerotherapy.yaml"
 

@@ -135,7 +135,7 @@ def test_every_named_test_passes(
     request: pytest.FixtureRequest, hazards: list[Hazard], tmp_path: Path
 ) -> None:
     named = named_tests(hazards)
-    this_test = f"tests/test_clinical_safety.py::{request.node.name}"
+    this_test = f"tests/ops/test_clinical_safety.py::{request.node.name}"
     assert this_test not in named, "the log must not name the test that runs its evidence"
     evidence = request.config.stash[EVIDENCE]
     assert evidence.named == named, "the evidence plugin did not read this log"
