@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from aftercare.messages.context import sample_context
 from aftercare.messages.render import MessageRenderer, TemplateError
+from aftercare.messages.variants import template_variants
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.runtime import Runtime
 
@@ -33,20 +33,23 @@ def run_checks(rt: Runtime) -> list[str]:
                     if clinic is None
                     else {"clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone}
                 )
-                context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
-                try:
-                    sms = renderer.render_sms(step.template, context)
-                    if label == "sample":
-                        typer.echo(
-                            f"  sms   {step.template:<16} {sms.encoding}, "
-                            f"{sms.segments} segment(s), {len(sms.body)} chars"
-                        )
-                except TemplateError as exc:
-                    faults.append(f"{exc!s} (with {label} clinic details)")
-                try:
-                    renderer.render_email(step.template, context)
-                except TemplateError as exc:
-                    faults.append(f"{exc!s} (with {label} clinic details)")
+                worst = None
+                for context in template_variants(regimen, step.id, **extra):
+                    try:
+                        sms = renderer.render_sms(step.template, context)
+                        if worst is None or len(sms.body) > len(worst.body):
+                            worst = sms
+                    except TemplateError as exc:
+                        faults.append(f"{exc!s} (with {label} clinic details)")
+                    try:
+                        renderer.render_email(step.template, context)
+                    except TemplateError as exc:
+                        faults.append(f"{exc!s} (with {label} clinic details)")
+                if label == "sample" and worst is not None:
+                    typer.echo(
+                        f"  sms   {step.template:<16} {worst.encoding}, "
+                        f"{worst.segments} segment(s), {len(worst.body)} chars"
+                    )
     return sorted(set(faults), key=faults.index)
 
 
@@ -88,4 +91,7 @@ def _channel_faults(rt: Runtime) -> list[str]:
     # Part of the report (stdout), not a fault: the templates are fine, the settings are not.
     warning = rt.settings.clinic_warning()
     typer.echo(f"clinic: WARNING {warning}" if warning else f"clinic: {rt.settings.clinic_name}")
+    sender = rt.settings.sender_warning()
+    if sender:
+        typer.echo(f"sms sender: WARNING {sender}")
     return faults
