@@ -24,6 +24,7 @@ from aftercare.reminders.compose import Clinic, compose
 from aftercare.settings import Settings
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
+from tests.test_api import Api, api, session_body  # noqa: F401
 from tests.test_cli import Aftercare, aftercare, enrol_args, succeeded  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -511,3 +512,24 @@ def test_enrol_when_discreet_flag_given_then_stored_on_the_patient(
             assert list(db_session.scalars(select(Patient.discreet))) == [stored]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("choice", [True, False, None])
+def test_api_enrol_when_patient_discreet_given_then_stored(
+    api: Api,  # noqa: F811
+    choice: bool | None,
+) -> None:
+    body = api.enrol(patient__discreet=choice)
+    with api.rt.db.session() as s:
+        assert s.get(Patient, body["patient_id"]).discreet is choice  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, "true"])
+def test_api_enrol_when_discreet_is_not_a_boolean_then_422_naming_it_and_nothing_stored(
+    api: Api,  # noqa: F811
+    bad: object,
+) -> None:
+    response = api.client.post("/api/v1/sessions", json=session_body(patient__discreet=bad))
+    assert response.status_code == 422, response.text
+    assert ["body", "patient", "discreet"] in [e["loc"] for e in response.json()["detail"]]
+    assert api.count(Patient) == 0
