@@ -191,6 +191,11 @@ def test_valid_request_when_enrolled_then_contact_details_are_normalised(
             "daily_days": 14,
             "checkin_week": 10,
             "garment": "lower-leg",
+            # Optional advice (issue 16): on by default, stored like every parameter.
+            "walking_advice": "include",
+            "washing_advice": "include",
+            "pain_relief_advice": "include",
+            "lumpy_veins_advice": "include",
         }
         assert session.consent is True
         assert session.contraindications_checked is True

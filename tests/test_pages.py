@@ -425,7 +425,16 @@ def test_save_records_the_session_and_opens_the_patients_timeline(pages: Pages) 
     session_id = session_id_of(response, pages.rt)
     assert response.headers["location"] == "/patients/1?done=enrolled"
     session = pages.session(session_id)
-    assert session.parameters == {"daily_days": 7, "checkin_week": 12, "garment": "lower-leg"}
+    assert session.parameters == {
+        "daily_days": 7,
+        "checkin_week": 12,
+        "garment": "lower-leg",
+        # Optional advice (issue 16): on by default, stored like every parameter.
+        "walking_advice": "include",
+        "washing_advice": "include",
+        "pain_relief_advice": "include",
+        "lumpy_veins_advice": "include",
+    }
     assert session.created_by_id == pages.nurse_id
     assert session.consent
     assert session.contraindications_checked
