@@ -26,6 +26,7 @@ from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
 from tests.test_api import Api, api, session_body  # noqa: F401
 from tests.test_cli import Aftercare, aftercare, enrol_args, succeeded  # noqa: F401
+from tests.test_pages import Pages, pages, text_of  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
@@ -533,3 +534,42 @@ def test_api_enrol_when_discreet_is_not_a_boolean_then_422_naming_it_and_nothing
     assert response.status_code == 422, response.text
     assert ["body", "patient", "discreet"] in [e["loc"] for e in response.json()["detail"]]
     assert api.count(Patient) == 0
+
+
+# --- Staff pages: the record form's choice, the dashboard's sender warning --------------------
+
+
+@pytest.mark.parametrize(("value", "stored"), [("", None), ("yes", True), ("no", False)])
+def test_record_form_when_discreet_chosen_then_stored_on_the_patient(
+    pages: Pages,  # noqa: F811
+    value: str,
+    stored: bool | None,
+) -> None:
+    form = pages.client.get("/sessions/new").text
+    assert '<select id="discreet" name="discreet"' in form
+    assert "Clinic default (not discreet)" in form
+    response = pages.enrol(discreet=value)
+    assert response.status_code == 303, text_of(response)
+    with pages.rt.db.session() as s:
+        assert list(s.scalars(select(Patient.discreet))) == [stored]
+
+
+def test_record_form_when_discreet_is_not_a_choice_then_refused_naming_it(
+    pages: Pages,  # noqa: F811
+) -> None:
+    response = pages.enrol(discreet="maybe")
+    assert response.status_code == 422
+    assert "Discreet" in text_of(response)
+    assert pages.count(Patient) == 0
+
+
+def test_dashboard_when_sender_is_alphanumeric_then_warns_that_patients_cannot_reply(
+    pages: Pages,  # noqa: F811
+) -> None:
+    assert "sender-warning" not in pages.client.get("/").text
+    pages.rt.settings = pages.rt.settings.model_copy(
+        update={"sms_transport": "twilio", "twilio_from": "RiversideVC"}
+    )
+    page = text_of(pages.client.get("/"))
+    assert "Patients cannot reply to the SMS sender" in page
+    assert "RiversideVC" in page
