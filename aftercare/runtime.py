@@ -80,6 +80,8 @@ class Runtime:
                 public_base_url=settings.public_base_url,
                 email_from=settings.email_from,
                 secret_key=settings.effective_secret_key(),
+                email_reply_to=settings.email_reply_to,
+                discreet_default=settings.discreet_default,
             ),
             transports=_LazyTransports(self),
         )

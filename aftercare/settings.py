@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     sms_mps: float = Field(default=10.0, gt=0)
     smtp_url: str = ""
     email_from: str = "aftercare@localhost"
+    # A mailbox someone reads: set as Reply-To, and only then do emails invite a reply.
+    email_reply_to: str = ""
+    # Discreet messages (a neutral first line and subject) for patients enrolled without a choice.
+    discreet_default: bool = False
     secret_key: str = ""
     public_base_url: str = "http://127.0.0.1:8000"
     clinic_name: str = "Your clinic"
@@ -158,6 +162,15 @@ class Settings(BaseSettings):
         parse_senders(value)  # a list must hold E.164 numbers only; names a bad entry
         return value
 
+    @field_validator("email_reply_to")
+    @classmethod
+    def _reply_mailbox(cls, value: str) -> str:
+        value = value.strip()
+        local, at, domain = value.rpartition("@")
+        if value and (not at or not local or "." not in domain or any(c.isspace() for c in value)):
+            raise ValueError("must be one email address, such as aftercare@clinic.example")
+        return value
+
     @field_validator("quiet_hours")
     @classmethod
     def _quiet_hours_format(cls, value: str) -> str:
@@ -230,6 +243,20 @@ class Settings(BaseSettings):
         return (
             f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set, so patients "
             f"would read {shown}. {then}"
+        )
+
+    def sender_warning(self) -> str | None:
+        """One plain sentence when the SMS sender is an alphanumeric ID, which patients cannot
+        reply to, while the texts ask for replies (the check-in's 1, 2 or 3), else None."""
+        from aftercare.channels.senders import parse_senders
+
+        senders = parse_senders(self.twilio_from) if self.sms_transport == "twilio" else ()
+        if len(senders) != 1 or not any(ch.isalpha() for ch in senders[0]):
+            return None
+        return (
+            f"AFTERCARE_TWILIO_FROM is the name {senders[0]!r}, and patients cannot reply to a "
+            "name, yet the check-in text asks them to reply 1, 2 or 3, and texts say they "
+            "can reply STOP. Use a phone number (or a Messaging Service with one) to get replies."
         )
 
     @property

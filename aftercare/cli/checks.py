@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from aftercare.messages.calendar import sample_calendar
-from aftercare.messages.context import sample_context
 from aftercare.messages.render import MessageRenderer, TemplateError
+from aftercare.messages.variants import template_variants
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.regimens.model import Regimen, Step
 from aftercare.runtime import Runtime
@@ -47,19 +47,23 @@ def _step_faults(
             if clinic is None
             else {"clinic_name": clinic, "clinic_phone": rt.settings.clinic_phone}
         )
-        context = sample_context(regimen=regimen, step=step.id, **extra)  # type: ignore[arg-type]
-        try:
-            if "sms" in step.channels:
-                sms = renderer.render_sms(step.template, context)
-                if label == "sample":
-                    typer.echo(
-                        f"  sms   {step.template:<16} {sms.encoding}, "
-                        f"{sms.segments} segment(s), {len(sms.body)} chars"
-                    )
-            if "email" in step.channels:
-                renderer.render_email(step.template, context)
-        except TemplateError as exc:
-            faults.append(f"{where}: {exc!s} (with {label} clinic details)")
+        worst = None
+        # Every occurrence and every audience (discreet, SMS only, reply mailbox).
+        for context in template_variants(regimen, step.id, **extra):
+            try:
+                if "sms" in step.channels:
+                    sms = renderer.render_sms(step.template, context)
+                    if worst is None or len(sms.body) > len(worst.body):
+                        worst = sms
+                if "email" in step.channels:
+                    renderer.render_email(step.template, context)
+            except TemplateError as exc:
+                faults.append(f"{where}: {exc!s} (with {label} clinic details)")
+        if label == "sample" and worst is not None:
+            typer.echo(
+                f"  sms   {step.template:<16} {worst.encoding}, "
+                f"{worst.segments} segment(s), {len(worst.body)} chars (longest)"
+            )
     return faults
 
 
@@ -113,4 +117,7 @@ def _channel_faults(rt: Runtime) -> list[str]:
     # Part of the report (stdout), not a fault: the templates are fine, the settings are not.
     warning = rt.settings.clinic_warning()
     typer.echo(f"clinic: WARNING {warning}" if warning else f"clinic: {rt.settings.clinic_name}")
+    sender = rt.settings.sender_warning()
+    if sender:
+        typer.echo(f"sms sender: WARNING {sender}")
     return faults

@@ -253,6 +253,14 @@ def enrol(
             help="The contraindication checklist was confirmed with the patient (required).",
         ),
     ] = False,
+    discreet: Annotated[
+        bool | None,
+        typer.Option(
+            "--discreet/--no-discreet",
+            help="Discreet messages: the first line of each SMS and each email subject say only "
+            "that there is a message from the clinic (default: AFTERCARE_DISCREET_DEFAULT).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Record a treatment session and plan its reminders.
@@ -288,6 +296,7 @@ def enrol(
         parameters=_parameters(daily_days, checkin_week),
         consent=consent,
         contraindications_checked=contraindications_checked,
+        discreet=discreet,
     )
     try:
         valid = validate_request(request, registry=registry, quiet=rt.quiet, now=now)

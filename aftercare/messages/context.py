@@ -25,6 +25,9 @@ BASE_KEYS = (
     "day_number",
     "day_count",
     "unsubscribe_url",
+    "discreet",
+    "sms_only",
+    "email_reply",
 )
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -133,14 +136,23 @@ def build_context(
     step: str,
     occurrence: int,
     unsubscribe_url: str | None,
+    discreet: bool = False,
+    sms_only: bool = False,
+    email_reply: bool = False,
 ) -> dict[str, object]:
-    """The template context for one occurrence of one step (``instants`` from step_instants)."""
+    """The template context for one occurrence of one step (``instants`` from step_instants).
+
+    ``discreet``: the first line says only that there is a message (a lock screen shows it);
+    ``sms_only``: the patient gets no emails, so some SMS repeat the safety advice;
+    ``email_reply``: emails may invite a reply (a read Reply-To mailbox is set). Every other
+    regimen parameter is there under its own name (optional advice the clinic switches off).
+    """
     zone = ZoneInfo(timezone)
     count = len(occurrences_of(instants, step))
     if not 0 <= occurrence < count:
         raise ValueError(f"occurrence {occurrence} of step {step!r} is outside 0..{count - 1}")
     words = patient_name.split()
-    return {
+    context: dict[str, object] = {
         "first_name": words[0] if words else "there",
         "clinic_name": clinic_name,
         "clinic_phone": clinic_phone,
@@ -148,7 +160,12 @@ def build_context(
         "day_number": occurrence + 1,
         "day_count": count,
         "unsubscribe_url": unsubscribe_url or "",
+        "discreet": discreet,
+        "sms_only": sms_only,
+        "email_reply": email_reply,
     }
+    context.update({k: v for k, v in parameters.items() if k not in context})
+    return context
 
 
 def sample_context(
@@ -161,6 +178,9 @@ def sample_context(
     clinic_name: str = SAMPLE_CLINIC_NAME,
     clinic_phone: str = SAMPLE_CLINIC_PHONE,
     parameters: Mapping[str, object] | None = None,
+    discreet: bool = False,
+    sms_only: bool = False,
+    email_reply: bool = False,
 ) -> dict[str, object]:
     """A realistic context for checking templates: the regimen's defaults, long names, and by
     default the last occurrence of ``step`` (two-digit day numbers cost the most); without a
@@ -187,4 +207,7 @@ def sample_context(
         step=step,
         occurrence=last if occurrence is None else occurrence,
         unsubscribe_url=SAMPLE_UNSUBSCRIBE_URL,
+        discreet=discreet,
+        sms_only=sms_only,
+        email_reply=email_reply,
     )

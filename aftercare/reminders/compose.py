@@ -24,6 +24,10 @@ class Clinic:
     public_base_url: str
     email_from: str
     secret_key: str
+    # A mailbox someone reads (Reply-To); empty: no email invites a reply.
+    email_reply_to: str = ""
+    # Discreet messages for a patient who made no choice (Patient.discreet is None).
+    discreet_default: bool = False
 
 
 class MissingAddress(ValueError):
@@ -40,6 +44,21 @@ def unsubscribe_url(clinic: Clinic, patient: Patient) -> str:
     return f"{clinic.public_base_url.rstrip('/')}/unsubscribe/{token}"
 
 
+def audience(*, patient: Patient, session: TreatmentSession, clinic: Clinic) -> dict[str, bool]:
+    """How this patient is written to: discreetly or not, and whether they get no emails (so
+    some SMS repeat the safety advice); and whether emails may invite a reply."""
+    gets_email = (
+        "email" in session.channels.split(",")
+        and bool(patient.email)
+        and patient.email_opted_out_at is None
+    )
+    return {
+        "discreet": clinic.discreet_default if patient.discreet is None else patient.discreet,
+        "sms_only": not gets_email,
+        "email_reply": bool(clinic.email_reply_to),
+    }
+
+
 def compose(
     *,
     reminder: Reminder,
@@ -51,7 +70,9 @@ def compose(
     clinic: Clinic,
 ) -> Message:
     regimen = registry.get(session.regimen_id)
-    parameters = {k: v for k, v in session.parameters.items() if isinstance(v, int | str)}
+    # Defaults first: a session recorded before a parameter was added still renders.
+    parameters = {name: p.default for name, p in regimen.parameters.items()}
+    parameters.update({k: v for k, v in session.parameters.items() if isinstance(v, int | str)})
     instants = step_instants(
         regimen=regimen,
         treated_at=session.treated_at,
@@ -71,6 +92,7 @@ def compose(
         step=reminder.step,
         occurrence=reminder.occurrence,
         unsubscribe_url=unsubscribe,
+        **audience(patient=patient, session=session, clinic=clinic),
     )
     key = message_key(reminder.id)
     if reminder.channel == "sms":
@@ -108,6 +130,7 @@ def compose(
         headers={
             "List-Unsubscribe": f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            **({"Reply-To": clinic.email_reply_to} if clinic.email_reply_to else {}),
         },
         attachments=attachments,
     )

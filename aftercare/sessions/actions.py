@@ -271,6 +271,8 @@ def _complete_contact(patient: Patient, valid: ValidSession) -> None:
     wanted = [*chosen, *(c for c in valid.channels if c not in chosen)]
     if wanted != chosen:
         patient.channels = ",".join(wanted)
+    if valid.discreet is not None:  # an explicit choice at this enrolment is the latest word
+        patient.discreet = valid.discreet
 
 
 def _link_booking(

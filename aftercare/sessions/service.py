@@ -59,6 +59,8 @@ class SessionRequest:
     parameters: Mapping[str, object] = field(default_factory=dict)
     consent: object = True
     contraindications_checked: object = True
+    # Discreet messages for this patient: True, False, or None for the clinic's default.
+    discreet: object = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class ValidSession:
     regimen: Regimen
     parameters: dict[str, int | str]
     plan: list[PlannedReminder]
+    discreet: bool | None = None
 
 
 def _collect(errors: list[FieldError], func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -101,6 +104,8 @@ def validate_request(
         email = _collect(errors, clean_email, request.email, (*patient_loc, "email"))
     zone = _collect(errors, clean_timezone, request.timezone, (*patient_loc, "timezone"))
     treated_at = _collect(errors, clean_instant, request.treated_at, ("treated_at",))
+    if request.discreet is not None and not isinstance(request.discreet, bool):
+        errors.append(FieldError((*patient_loc, "discreet"), "must be true, false or null"))
     if request.consent is not True:
         errors.append(
             FieldError(("consent",), "the patient's consent to messages must be confirmed")
@@ -162,6 +167,7 @@ def validate_request(
         regimen=regimen,
         parameters=parameters,
         plan=planned,
+        discreet=request.discreet if isinstance(request.discreet, bool) else None,
     )
 
 
@@ -180,6 +186,7 @@ def patient_values(valid: ValidSession, now: datetime) -> dict[str, Any]:
         "email": valid.email,
         "timezone": valid.timezone,
         "channels": ",".join(valid.channels),
+        "discreet": valid.discreet,
         "created_at": now,
     }
 

@@ -61,6 +61,8 @@ class Patient(Base):
     # fix the number.
     sms_blocked_at: Mapped[datetime | None]
     sms_blocked_reason: Mapped[str | None] = mapped_column(String(200))
+    # Discreet messages (a neutral first line and subject); None: the clinic's default.
+    discreet: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[datetime]
     erased_at: Mapped[datetime | None]
 

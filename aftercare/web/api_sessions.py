@@ -70,6 +70,7 @@ def create_session(
         parameters=dict(body.parameters),
         consent=body.consent,
         contraindications_checked=body.contraindications_checked,
+        discreet=patient.discreet if patient else None,
     )
     enrolled = actions.enrol_planned(
         db_session=db_session,

@@ -110,6 +110,7 @@ def _page(
         zone=values.timezone if planned else "",
         previewed=previewed,
         known=known,
+        discreet_default=rt.settings.discreet_default,
     )
 
 
@@ -131,6 +132,8 @@ def _texts(
         timezone=values.timezone,
         treated_at=treated_at,
         parameters=regimen.resolve_parameters(dict(values.parameters)),
+        discreet=values.discreet_choice is True
+        or (values.discreet_choice is None and rt.settings.discreet_default),
     )
 
 

@@ -100,6 +100,8 @@ class EnrolForm:
     patient_choice: str = ""
     # The booking_request flag this session answers, if any (its id).
     flag: str = ""
+    # Discreet messages: "" (the clinic's default), "yes" or "no".
+    discreet: str = ""
 
     @property
     def chosen_patient_id(self) -> int | None:
@@ -129,7 +131,13 @@ class EnrolForm:
             contra=[c for c in form.getlist("contra") if isinstance(c, str)][:10],
             patient_choice=text_field(form, "patient_choice", limit=12).strip(),
             flag=text_field(form, "flag", limit=12).strip(),
+            discreet=text_field(form, "discreet", limit=12).strip(),
         )
+
+    @property
+    def discreet_choice(self) -> object:
+        """The discreet field for SessionRequest: True, False, None, or the text (refused)."""
+        return {"": None, "yes": True, "no": False}.get(self.discreet, self.discreet)
 
 
 def field_id(loc: Loc) -> str:
@@ -242,6 +250,7 @@ def session_request(values: EnrolForm, checked: Checked) -> SessionRequest:
         parameters=dict(values.parameters),
         consent=values.consent,
         contraindications_checked=wanted <= set(values.contra),
+        discreet=values.discreet_choice,
     )
 
 

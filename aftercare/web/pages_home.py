@@ -57,6 +57,7 @@ def dashboard(
         ),
         outcome_labels=OUTCOME_LABELS,
         clinic_warning=rt.settings.clinic_warning(),
+        sender_warning=rt.settings.sender_warning(),
         # Only Twilio reports delivery (status callbacks); console and outbox never do.
         no_receipts=rt.settings.sms_transport != "twilio",
     )

@@ -34,8 +34,11 @@ def message_texts(
     timezone: str,
     treated_at: datetime,
     parameters: dict[str, int | str],
+    discreet: bool = False,
 ) -> dict[tuple[str, int], list[MessageText]]:
     """Each (step, occurrence)'s messages, SMS first, as the patient will read them."""
+    # No email planned: the SMS carry the safety recap (as compose decides at sending).
+    sms_only = not any(p.channel == "email" for p in planned)
     settings = rt.settings
     instants = step_instants(
         regimen=regimen,
@@ -62,6 +65,9 @@ def message_texts(
             step=item.step,
             occurrence=item.occurrence,
             unsubscribe_url=unsubscribe if item.channel == "email" else None,
+            discreet=discreet,
+            sms_only=sms_only,
+            email_reply=bool(settings.email_reply_to),
         )
         try:
             if item.channel == "sms":

@@ -72,6 +72,12 @@ class PatientIn(_In):
         examples=["Europe/London"],
     )
     channels: list[ChannelName] = Field(default=["sms", "email"], min_length=1, max_length=2)
+    discreet: StrictBool | None = Field(
+        default=None,
+        description="Discreet messages: the first line of each SMS and each email subject say "
+        "only that there is a message from the clinic. Absent or null: the clinic's "
+        "AFTERCARE_DISCREET_DEFAULT.",
+    )
 
 
 class SessionIn(_In):

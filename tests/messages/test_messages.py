@@ -337,7 +337,7 @@ def test_sms_when_patient_name_has_accents_then_it_is_sent_as_gsm7(
     context = {**sample("keep-moving", 0), "first_name": "Zoë", "clinic_name": "Clínica Łódź"}
     sms = renderer.render_sms("keep-moving", context)
     assert sms.encoding == "GSM-7"
-    assert sms.body.startswith("Clinica Lodz: Hi Zoe,")
+    assert sms.body.startswith("Clinica Lodz: Hi Zoe.")
     assert "Hi Zoë," in renderer.render_email("keep-moving", context).text
 
 

@@ -195,6 +195,11 @@ def test_valid_request_when_enrolled_then_contact_details_are_normalised(
             "checkin_week": 10,
             "garment": "lower-leg",
             "evening_reminders": "first_and_last",
+            # Optional advice (issue 16): on by default, stored like every parameter.
+            "walking_advice": "include",
+            "washing_advice": "include",
+            "pain_relief_advice": "include",
+            "lumpy_veins_advice": "include",
         }
         assert session.consent is True
         assert session.contraindications_checked is True

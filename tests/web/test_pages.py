@@ -433,6 +433,11 @@ def test_save_records_the_session_and_opens_the_patients_timeline(pages: Pages) 
         "checkin_week": 12,
         "garment": "lower-leg",
         "evening_reminders": "first_and_last",
+        # Optional advice (issue 16): on by default, stored like every parameter.
+        "walking_advice": "include",
+        "washing_advice": "include",
+        "pain_relief_advice": "include",
+        "lumpy_veins_advice": "include",
     }
     assert session.created_by_id == pages.nurse_id
     assert session.consent
