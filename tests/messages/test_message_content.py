@@ -24,11 +24,11 @@ from aftercare.reminders.compose import Clinic, compose
 from aftercare.settings import Settings
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
-from tests.test_api import Api, api, session_body  # noqa: F401
-from tests.test_cli import Aftercare, aftercare, enrol_args, succeeded  # noqa: F401
-from tests.test_pages import Pages, pages, text_of  # noqa: F401
+from tests.cli.test_cli import Aftercare, aftercare, enrol_args, succeeded  # noqa: F401
+from tests.web.test_api import Api, api, session_body  # noqa: F401
+from tests.web.test_pages import Pages, pages, text_of  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 REGIMEN = load_regimen(ROOT / "schedules" / "micro-sclerotherapy.yaml")
 QUIET = QuietHours.parse("21:00-08:00")
