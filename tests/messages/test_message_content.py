@@ -230,6 +230,7 @@ def _sms_bodies(channels: tuple[str, ...], daily_days: int) -> list[tuple[str, i
         if item.channel != "sms" or item.state == "skipped":
             continue
         context = build_context(
+            regimen=REGIMEN,
             patient_name="Ann Lee",
             clinic_name="Riverside Vein Clinic",
             clinic_phone="020 7946 0958",
