@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import update
@@ -52,6 +53,33 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     # Final: nothing (a resume, a re-plan, a late enrolment) brings it back.
     SUPERSEDED: frozenset(),
 }
+
+
+class Outcome(StrEnum):
+    """What a delivery call came to when that is not a reminder state (a send, or a check that
+    held, expired or failed a reminder, returns the state it moved to). Compares equal to its
+    text, which task summaries count."""
+
+    # Checked and composed: to be sent (never returned by delivery).
+    SEND = "send"
+    # Not (or no longer) queued: another worker, a pause or a cancel got there first.
+    NOT_QUEUED = "not-queued"
+    # Moved back to scheduled, out of quiet hours.
+    DEFERRED = "deferred"
+    # Recovery took the claim over before this worker sent it.
+    TAKEN_OVER = "taken-over"
+    # A transient provider error: back on the schedule after a backoff.
+    RETRY = "retry"
+    # The provider has no record of an earlier attempt: sent again.
+    RESEND = "resend"
+    # A send that may have reached the provider, whose lookup failed.
+    AMBIGUOUS = "ambiguous"
+    # The provider has no record yet: recovery asks again later.
+    UNCONFIRMED = "unconfirmed"
+    # Reconcile found the reminder no longer sending.
+    NOT_SENDING = "not-sending"
+    # An unexpected exception, raised once the batch is recorded.
+    ERROR = "error"
 
 
 class IllegalTransition(ValueError):
