@@ -11,10 +11,12 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from aftercare.planning.quiet import QuietHours
 from aftercare.storage.models import Reminder
 
 SCHEDULED: Final = "scheduled"
@@ -110,3 +112,33 @@ def transition(
         .execution_options(synchronize_session=False)
     )
     return list(db_session.scalars(statement))
+
+
+def allowed_at(due: datetime, *, channel: str, zone: ZoneInfo, quiet: QuietHours) -> datetime:
+    """When a reminder due at ``due`` may go out: an SMS never inside quiet hours (the first
+    minute after them), an email at once."""
+    return quiet.defer(due, zone) if channel == "sms" else due
+
+
+def reschedule(
+    db_session: Session,
+    reminder: Reminder,
+    *,
+    source: str,
+    due: datetime,
+    zone: ZoneInfo,
+    quiet: QuietHours,
+    now: datetime,
+    reason: str | None,
+) -> list[int]:
+    """The quiet-hours rule, in one place: put ``reminder`` back on the schedule at ``due``,
+    an SMS deferred out of quiet hours (:func:`allowed_at`). Returns the ids moved."""
+    return transition(
+        db_session,
+        [reminder.id],
+        source=source,
+        target=SCHEDULED,
+        now=now,
+        due_at=allowed_at(due, channel=reminder.channel, zone=zone, quiet=quiet),
+        reason=reason,
+    )

@@ -220,13 +220,14 @@ def _check(
     zone = ZoneInfo(session.timezone)
     if reminder.channel == "sms" and deps.quiet.contains(now.astimezone(zone).time()):
         # Late work (a backlog, a retry) never texts a patient at night.
-        states.transition(
+        states.reschedule(
             db_session,
-            [reminder_id],
+            reminder,
             source=states.QUEUED,
-            target=states.SCHEDULED,
+            due=now,
+            zone=zone,
+            quiet=deps.quiet,
             now=now,
-            due_at=deps.quiet.defer(now, zone),
             reason="deferred by quiet hours",
         )
         return Outcome.DEFERRED, None

@@ -95,16 +95,15 @@ def retry_at(
 ) -> None:
     """Put a ``sending`` reminder back on the schedule at ``due`` (an SMS never inside quiet
     hours)."""
-    if reminder.channel == "sms":
-        session = db_session.get_one(TreatmentSession, reminder.session_id)
-        due = deps.quiet.defer(due, ZoneInfo(session.timezone))
-    states.transition(
+    session = db_session.get_one(TreatmentSession, reminder.session_id)
+    states.reschedule(
         db_session,
-        [reminder.id],
+        reminder,
         source=states.SENDING,
-        target=states.SCHEDULED,
+        due=due,
+        zone=ZoneInfo(session.timezone),
+        quiet=deps.quiet,
         now=now,
-        due_at=due,
         reason=reason,
     )
 
