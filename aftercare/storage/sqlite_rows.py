@@ -65,9 +65,6 @@ _INSERT_REMINDERS = (
     f"INSERT INTO reminders ({sql_names(REMINDER_COLUMNS)}) "  # noqa: S608  # nosec B608
     f"VALUES ({', '.join('?' * len(REMINDER_COLUMNS))})"
 )
-# Positions in REMINDER_COLUMNS of the instants and of the flag, converted as Core binds them.
-_AT = tuple(REMINDER_COLUMNS.index(c) for c in ("nominal_at", "due_at", "expires_at", "updated_at"))
-_CRITICAL = REMINDER_COLUMNS.index("critical")
 
 
 def insert_reminders(
@@ -87,14 +84,28 @@ def insert_reminders(
             value = stored[instant] = process(instant)
         return value
 
-    def bound(row: Sequence[Any]) -> list[Any]:
-        out = list(row)
-        for i in _AT:
-            out[i] = at(out[i])
-        out[_CRITICAL] = critical(out[_CRITICAL])
-        return out
-
-    driver.executemany(_INSERT_REMINDERS, [bound(row) for row in rows])
+    # Unpacked by position: REMINDER_COLUMNS' order (instants and the flag converted).
+    driver.executemany(
+        _INSERT_REMINDERS,
+        [
+            (
+                sid,
+                step,
+                occ,
+                chan,
+                tpl,
+                at(nom),
+                at(due),
+                at(exp),
+                critical(crit),
+                st,
+                n,
+                at(upd),
+                why,
+            )
+            for sid, step, occ, chan, tpl, nom, due, exp, crit, st, n, upd, why in rows
+        ],
+    )
 
 
 _utc_texts: WeakKeyDictionary[Dialect, Callable[[datetime], Any]] = WeakKeyDictionary()
