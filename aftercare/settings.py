@@ -18,6 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftercare.planning.quiet import QuietHours
 
+# The broker's queues: dispatch (claiming due work) and send (delivering it). Here, not in the
+# worker's Celery configuration, so ops can report their depth without importing the worker.
+DISPATCH_QUEUE = "aftercare.dispatch"
+SEND_QUEUE = "aftercare.send"
+
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
 # Clinic names that are not a clinic's (the defaults and the docs' examples): patients would read
 # "Your clinic: Hi Priya" and "call us on your clinic".
@@ -271,6 +276,26 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return self.data_dir / "broker"
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Kombu's transport options for the broker (the file broker's folders, made private)."""
+        url = self.effective_broker_url
+        if url.startswith("filesystem://"):
+            from aftercare.private import private_dir
+
+            folder = self.broker_folder
+            for sub in ("queue", "processed"):
+                private_dir(folder / sub)
+            return {
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "processed_folder": str(folder / "processed"),
+                "store_processed": False,
+                "polling_interval": 0.2,
+            }
+        if url.startswith(("redis://", "rediss://")):
+            return {"visibility_timeout": 3600}
+        return {}
 
     @property
     def outbox_dir(self) -> Path:

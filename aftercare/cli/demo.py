@@ -24,7 +24,8 @@ from sqlalchemy import func, select
 from aftercare.clock import FileClock
 from aftercare.reminders import states
 from aftercare.runtime import Runtime, set_runtime
-from aftercare.sessions.service import SessionRequest, record_session, validate_request
+from aftercare.sessions.enrolment import enrol_planned
+from aftercare.sessions.service import SessionRequest
 from aftercare.settings import Settings
 from aftercare.storage.migrate import upgrade
 from aftercare.storage.models import Reminder
@@ -82,9 +83,16 @@ def run_demo(*, data_dir: Path | None, timezone: str, daily_days: int | None) ->
         treated_at=start.isoformat(),
         parameters=params,
     )
-    valid = validate_request(request, registry=rt.registry, quiet=rt.quiet, now=start)
     with rt.db.session() as db_session:
-        session_id = record_session(db_session=db_session, valid=valid, now=start).id
+        enrolled = enrol_planned(
+            db_session=db_session,
+            request=request,
+            registry=rt.registry,
+            quiet=rt.quiet,
+            now=start,
+            actor_id=None,
+        )
+        session_id, valid = enrolled.session.id, enrolled.valid
     total = len([r for r in valid.plan if r.state == "scheduled"])
     print(f"Demo data in {folder}")
     print(

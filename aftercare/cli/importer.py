@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.runtime import Runtime, get_runtime
-from aftercare.sessions import importer
+from aftercare.sessions import import_store, importer
 from aftercare.sessions.validation import ValidationFailed, clean_timezone
 
 
@@ -69,14 +69,7 @@ def import_command(
     report_path = report or file.with_suffix(".errors.csv")
     if report_path.resolve() == file.resolve():
         _fail("--report: would overwrite the file being imported")
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        _fail(f"{file}: cannot read it ({exc.strerror or exc})")
-    try:
-        rows = importer.read_csv(data, columns=importer.known_columns(registry))
-    except importer.ImportFileError as exc:
-        _fail(f"{file}: {exc}")
+    rows = _read_rows(file, registry)
 
     now = rt.clock.now()
     if not dry_run:
@@ -101,20 +94,14 @@ def import_command(
     if not rows.rows:
         typer.echo(f"{file} has a header but no rows: nothing to import.")
     if dry_run:
-        typer.echo(
-            f"dry run, nothing stored: would import {len(checked.good)} sessions, "
-            f"{checked.refused} rows refused; report: {report_path}"
-        )
-        for regimen, (sessions, reminders) in checked.by_regimen().items():
-            typer.echo(f"  {regimen}: {sessions} sessions, {reminders} reminders to send")
-        raise typer.Exit(1 if checked.refused else 0)
+        _dry_run_summary(checked, report_path)
 
     with _progress("Storing", len(checked.good)) as advance:
         try:
-            imported = importer.store(
+            imported = import_store.store(
                 checked.good, db=rt.db, now=now, progress=advance, registry=registry
             )
-        except importer.ImportInterrupted as exc:
+        except import_store.ImportInterrupted as exc:
             _stop(
                 f"the database failed after {exc.stored} of {len(checked.good)} sessions were "
                 f"stored ({exc.reason}); run the same file again: rows already imported are "
@@ -123,6 +110,29 @@ def import_command(
     typer.echo(
         f"imported {imported} sessions, {checked.refused} rows refused; report: {report_path}"
     )
+    raise typer.Exit(1 if checked.refused else 0)
+
+
+def _read_rows(file: Path, registry: RegimenRegistry) -> importer.CsvRows:
+    """The file's rows, or exit 2 naming why it cannot be read."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        _fail(f"{file}: cannot read it ({exc.strerror or exc})")
+    try:
+        return importer.read_csv(data, columns=importer.known_columns(registry))
+    except importer.ImportFileError as exc:
+        _fail(f"{file}: {exc}")
+
+
+def _dry_run_summary(checked: importer.CheckedImport, report_path: Path) -> NoReturn:
+    """What a dry run would import, by regimen; exits 1 if rows were refused."""
+    typer.echo(
+        f"dry run, nothing stored: would import {len(checked.good)} sessions, "
+        f"{checked.refused} rows refused; report: {report_path}"
+    )
+    for regimen, (sessions, reminders) in checked.by_regimen().items():
+        typer.echo(f"  {regimen}: {sessions} sessions, {reminders} reminders to send")
     raise typer.Exit(1 if checked.refused else 0)
 
 
@@ -182,7 +192,7 @@ def _database() -> Iterator[None]:
 
 
 @contextmanager
-def _progress(label: str, total: int) -> Iterator[importer.Progress]:
+def _progress(label: str, total: int) -> Iterator[import_store.Progress]:
     """A progress bar on stderr when it is a terminal (hidden otherwise, e.g. in scripts)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

@@ -270,7 +270,7 @@ def enrol(
     known (same phone, or email when there is none, and name) gets the session added to their
     course.
     """
-    from aftercare.sessions.actions import enrol_planned
+    from aftercare.sessions.enrolment import enrol_planned
     from aftercare.sessions.service import SessionRequest, validate_request
 
     if not consent:

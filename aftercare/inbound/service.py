@@ -12,21 +12,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final
 
-import phonenumbers
-from sqlalchemy import case, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aftercare.audit.service import record as audit
 from aftercare.flags.service import raise_flag
+from aftercare.inbound.senders import (
+    acknowledged_since,
+    checkin_was_asked,
+    match_sender,
+    normalise_number,
+    stored_message,
+)
 from aftercare.messages.render import MessageRenderer
+from aftercare.patients.consent import restore_sms_consent, withdraw_sms_consent
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.sessions.course import checkin_outcome
-from aftercare.storage.models import InboundMessage, Patient, Reminder, TreatmentSession
+from aftercare.storage.models import InboundMessage, Patient, TreatmentSession
 from aftercare.triage.data import Severity
-from aftercare.triage.verdict import Triager, Verdict
+from aftercare.triage.language import LANGUAGE_NAMES
+from aftercare.triage.verdict import Triager, Verdict, default_triager
 
 # The check-in SMS asks: 1 faded well, 2 still fading, 3 still dark or painful, or worried.
 CONCERNING_ANSWER: Final = "3"
@@ -40,32 +47,14 @@ FALLBACK_SAFETY_ADVICE = (
     "warmth or redness in a leg, blisters, broken skin or a rash, call NHS 111 or your clinic."
 )
 CALL_BACK = "We will try to call you today."
-# Language names for staff (the flag says which interpreter is needed).
-LANGUAGE_NAMES: Final = {
-    "pl": "Polish",
-    "ro": "Romanian",
-    "pa": "Panjabi",
-    "ur": "Urdu",
-    "pt": "Portuguese",
-    "es": "Spanish",
-    "ar": "Arabic",
-    "bn": "Bengali",
-    "gu": "Gujarati",
-    "it": "Italian",
-    "cy": "Welsh",
-}
 
 
-def _default_triager() -> Triager:
-    from aftercare.inbound.keywords import default_triager
-
-    return default_triager()
-
-
+@lru_cache(maxsize=1)
 def _default_regimens() -> RegimenRegistry:
-    from aftercare.inbound.keywords import default_regimens
+    """The shipped regimens (read on the first call), for callers given no registry."""
+    from aftercare.settings import Settings
 
-    return default_regimens()
+    return RegimenRegistry.load(Settings.model_fields["schedules_dir"].default)
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ class Replies:
     renderer: MessageRenderer
     clinic_name: str
     clinic_phone: str
-    triage: Triager = field(default_factory=_default_triager)
+    triage: Triager = field(default_factory=default_triager)
     # Which step of a session's regimen asks the check-in question (``check_in: true``).
     regimens: RegimenRegistry = field(default_factory=_default_regimens)
 
@@ -140,126 +129,6 @@ class Received:
     duplicate: bool = False
 
 
-def normalise_number(raw: str) -> str:
-    """The sender in E.164 form when it parses as a phone number, else as given (bounded)."""
-    try:
-        number = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException:
-        return raw.strip()[:20]
-    if not phonenumbers.is_possible_number(number):
-        return raw.strip()[:20]
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-
-
-def match_sender(
-    *, db_session: Session, phone: str
-) -> tuple[Patient | None, TreatmentSession | None]:
-    """The most recent patient (not erased) with this number, and their latest active session
-    (else their latest session of any status, so a late answer still lands somewhere)."""
-    patient = db_session.scalars(
-        select(Patient)
-        .where(Patient.phone == phone, Patient.erased_at.is_(None))
-        .order_by(Patient.created_at.desc(), Patient.id.desc())
-        .limit(1)
-    ).first()
-    if patient is None:
-        return None, None
-    session = db_session.scalars(
-        select(TreatmentSession)
-        .where(TreatmentSession.patient_id == patient.id)
-        .order_by(
-            case((TreatmentSession.status == "active", 0), else_=1),
-            TreatmentSession.treated_at.desc(),
-            TreatmentSession.id.desc(),
-        )
-        .limit(1)
-    ).first()
-    return patient, session
-
-
-def _patients_with(db_session: Session, phone: str) -> list[Patient]:
-    return list(
-        db_session.scalars(
-            select(Patient)
-            .where(Patient.phone == phone, Patient.erased_at.is_(None))
-            .order_by(Patient.id)
-        )
-    )
-
-
-def withdraw_sms_consent(
-    *, db_session: Session, phone: str, source: str, now: datetime
-) -> list[int]:
-    """Stop all SMS to ``phone``: every patient with that number is marked opted out (the first
-    withdrawal's time and source are kept). Returns the ids of the patients changed.
-
-    Pending SMS reminders are not touched here: delivery's hold check cancels each one when it
-    comes due, so a later START lets the rest of the regimen through.
-    """
-    changed = []
-    for patient in _patients_with(db_session, phone):
-        if patient.sms_opted_out_at is not None:
-            continue
-        patient.sms_opted_out_at = now
-        patient.sms_opt_out_source = source[:32]
-        audit(
-            db_session=db_session,
-            action="opt_out",
-            actor_id=None,
-            now=now,
-            patient_id=patient.id,
-            detail={"channel": "sms", "source": source[:40]},
-        )
-        changed.append(patient.id)
-    return changed
-
-
-def restore_sms_consent(
-    *, db_session: Session, phone: str, source: str, now: datetime
-) -> list[int]:
-    """Resume SMS to ``phone`` for every patient with that number who had opted out."""
-    changed = []
-    for patient in _patients_with(db_session, phone):
-        if patient.sms_opted_out_at is None:
-            continue
-        patient.sms_opted_out_at = None
-        patient.sms_opt_out_source = None
-        audit(
-            db_session=db_session,
-            action="opt_in",
-            actor_id=None,
-            now=now,
-            patient_id=patient.id,
-            detail={"channel": "sms", "source": source[:40]},
-        )
-        changed.append(patient.id)
-    return changed
-
-
-def checkin_was_asked(*, db_session: Session, session_id: int, steps: frozenset[str]) -> bool:
-    """Whether the session's check-in question (``steps``, those its regimen marks
-    ``check_in: true``) has gone out (on any channel)."""
-    if not steps:
-        return False
-    return bool(
-        db_session.scalar(
-            select(
-                exists().where(
-                    Reminder.session_id == session_id,
-                    Reminder.step.in_(sorted(steps)),
-                    Reminder.sent_at.is_not(None),
-                )
-            )
-        )
-    )
-
-
-def _find(db_session: Session, sid: str) -> InboundMessage | None:
-    return db_session.scalars(
-        select(InboundMessage).where(InboundMessage.provider_sid == sid)
-    ).first()
-
-
 def _again(message: InboundMessage) -> Received:
     return Received(message.id, message.kind, message.response_text, duplicate=True)
 
@@ -274,7 +143,7 @@ def receive_sms(
     replies: Replies,
 ) -> Received:
     """Store one inbound SMS and act on it (no commit); a repeated ``sid`` changes nothing."""
-    existing = _find(db_session, sid)
+    existing = stored_message(db_session=db_session, sid=sid)
     if existing is not None:
         return _again(existing)
     phone = normalise_number(from_number)
@@ -297,7 +166,7 @@ def receive_sms(
         with db_session.begin_nested():
             db_session.add(message)
     except IntegrityError:
-        again = _find(db_session, sid)
+        again = stored_message(db_session=db_session, sid=sid)
         if again is None:
             raise
         return _again(again)
@@ -504,16 +373,11 @@ def _answer(ctx: _Context, verdict: Verdict) -> str | None:
 def _acknowledge(ctx: _Context) -> str | None:
     """Thanks and chatter: one acknowledgement per number every few hours, then silence."""
     hours = ctx.replies.triage.data.answers.acknowledge_every_hours
-    recent = ctx.db_session.scalar(
-        select(
-            exists().where(
-                InboundMessage.from_number == ctx.phone,
-                InboundMessage.id != ctx.message.id,
-                InboundMessage.kind == "chatter",
-                InboundMessage.response_text.is_not(None),
-                InboundMessage.received_at > ctx.now - timedelta(hours=hours),
-            )
-        )
+    recent = acknowledged_since(
+        db_session=ctx.db_session,
+        phone=ctx.phone,
+        since=ctx.now - timedelta(hours=hours),
+        besides=ctx.message.id,
     )
     return None if recent else ctx.replies.answer("acknowledge")
 

@@ -23,12 +23,9 @@ class Check:
 
 
 def broker_connection(rt: Runtime) -> Connection:
-    from aftercare.worker.celeryconfig import celery_settings
-
-    conf = celery_settings(rt.settings)
     return Connection(  # type: ignore[no-untyped-call]
-        conf["broker_url"],
-        transport_options=conf.get("broker_transport_options", {}),
+        rt.settings.effective_broker_url,
+        transport_options=rt.settings.broker_transport_options(),
         connect_timeout=3,
     )
 

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from aftercare.ops.health import broker_connection
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
+from aftercare.settings import DISPATCH_QUEUE, SEND_QUEUE
 from aftercare.storage.models import Flag, Reminder
-from aftercare.worker.celeryconfig import DISPATCH_QUEUE, SEND_QUEUE
 
 OVERDUE_AFTER = timedelta(minutes=5)
 

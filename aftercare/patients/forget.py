@@ -1,6 +1,6 @@
 """What erasure does once its transaction has committed: the copies outside the rows go too.
 
-Erasure (:func:`aftercare.sessions.actions.erase_patient`) overwrites the patient's rows. Two
+Erasure (:func:`aftercare.patients.service.erase_patient`) overwrites the patient's rows. Two
 copies remain on the embedded default: the outbox's file of every message sent to them, and,
 on SQLite, earlier versions of the overwritten pages in the write-ahead log (the database runs
 with ``secure_delete``, so the pages themselves keep no trace). Both are removed here, after the

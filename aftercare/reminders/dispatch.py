@@ -258,6 +258,6 @@ def stale_sending(*, db: Database, clock: Clock, stale_after: timedelta) -> list
 
     Taking over touches ``updated_at`` in the same guarded UPDATE that finds them, so a worker
     that is alive but slow (its batch behind a hanging provider) sees it and skips them instead
-    of sending what recovery may send again (see ``delivery._still_ours``).
+    of sending what recovery may send again (see ``delivery.sending._still_ours``).
     """
     return take_over(db=db, clock=clock, stale_after=stale_after).ids

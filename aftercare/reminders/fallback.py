@@ -14,16 +14,17 @@ import logging
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aftercare.audit.service import record as audit
 from aftercare.flags.service import raise_flag
-from aftercare.inbound.service import withdraw_sms_consent
+from aftercare.patients.consent import block_sms_number, withdraw_sms_consent
+from aftercare.planning.planner import PlannedReminder
 from aftercare.reminders import states
 from aftercare.silence.critical import flag_critical_failure
 from aftercare.storage.models import Flag, Patient, Reminder, TreatmentSession
+from aftercare.storage.rows import reminder_rows
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +85,6 @@ def after_failure(
     return email_id
 
 
-def block_sms_number(*, db_session: Session, phone: str, code: str | None, now: datetime) -> None:
-    """Stop SMS to ``phone`` for every patient with it, until staff correct the number."""
-    patients = db_session.scalars(
-        select(Patient).where(
-            Patient.phone == phone, Patient.erased_at.is_(None), Patient.sms_blocked_at.is_(None)
-        )
-    )
-    for patient in patients:
-        patient.sms_blocked_at = now
-        # The code only: a provider's message can quote the number.
-        patient.sms_blocked_reason = code
-        audit(
-            db_session=db_session,
-            action="sms_blocked",
-            actor_id=None,
-            now=now,
-            patient_id=patient.id,
-            detail={"code": code},
-        )
-
-
 def fall_back_to_email(*, db_session: Session, reminder: Reminder, now: datetime) -> int | None:
     """Schedule the email version of a failed SMS reminder, due now, unless one exists.
 
@@ -123,31 +103,31 @@ def fall_back_to_email(*, db_session: Session, reminder: Reminder, now: datetime
         or _email_slot_taken(db_session, reminder)
     ):
         return None
-    email = Reminder(
-        session_id=reminder.session_id,
+    planned = PlannedReminder(
         step=reminder.step,
         occurrence=reminder.occurrence,
         channel="email",
         template=reminder.template,
-        nominal_at=reminder.nominal_at,
-        due_at=now,
+        nominal_utc=reminder.nominal_at,
+        due_utc=now,
         # A late fallback of a time-bound reminder expires as the SMS would have.
-        expires_at=reminder.expires_at,
+        expires_utc=reminder.expires_at,
         critical=reminder.critical,
         state=states.SCHEDULED,
-        attempts=0,
-        updated_at=now,
-        reason="fallback: the SMS could not be delivered",
-        fallback_of_id=reminder.id,
     )
+    row = reminder_rows(
+        reminder.session_id, [planned], now, reason="fallback: the SMS could not be delivered"
+    )[0]
     try:
         # The slot's unique constraint settles a race between two failure reports.
         with db_session.begin_nested():
-            db_session.add(email)
+            email_id = db_session.execute(
+                insert(Reminder).returning(Reminder.id), {**row, "fallback_of_id": reminder.id}
+            ).scalar_one()
     except IntegrityError:
         return None
-    log.info("reminder %s: email fallback %s scheduled", reminder.id, email.id)
-    return email.id
+    log.info("reminder %s: email fallback %s scheduled", reminder.id, email_id)
+    return email_id
 
 
 def _email_slot_taken(db_session: Session, reminder: Reminder) -> bool:

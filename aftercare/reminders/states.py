@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from aftercare.planning.quiet import QuietHours
 from aftercare.storage.models import Reminder
 
 SCHEDULED: Final = "scheduled"
@@ -54,6 +57,33 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
 }
 
 
+class Outcome(StrEnum):
+    """What a delivery call came to when that is not a reminder state (a send, or a check that
+    held, expired or failed a reminder, returns the state it moved to). Compares equal to its
+    text, which task summaries count."""
+
+    # Checked and composed: to be sent (never returned by delivery).
+    SEND = "send"
+    # Not (or no longer) queued: another worker, a pause or a cancel got there first.
+    NOT_QUEUED = "not-queued"
+    # Moved back to scheduled, out of quiet hours.
+    DEFERRED = "deferred"
+    # Recovery took the claim over before this worker sent it.
+    TAKEN_OVER = "taken-over"
+    # A transient provider error: back on the schedule after a backoff.
+    RETRY = "retry"
+    # The provider has no record of an earlier attempt: sent again.
+    RESEND = "resend"
+    # A send that may have reached the provider, whose lookup failed.
+    AMBIGUOUS = "ambiguous"
+    # The provider has no record yet: recovery asks again later.
+    UNCONFIRMED = "unconfirmed"
+    # Reconcile found the reminder no longer sending.
+    NOT_SENDING = "not-sending"
+    # An unexpected exception, raised once the batch is recorded.
+    ERROR = "error"
+
+
 class IllegalTransition(ValueError):
     pass
 
@@ -82,3 +112,33 @@ def transition(
         .execution_options(synchronize_session=False)
     )
     return list(db_session.scalars(statement))
+
+
+def allowed_at(due: datetime, *, channel: str, zone: ZoneInfo, quiet: QuietHours) -> datetime:
+    """When a reminder due at ``due`` may go out: an SMS never inside quiet hours (the first
+    minute after them), an email at once."""
+    return quiet.defer(due, zone) if channel == "sms" else due
+
+
+def reschedule(
+    db_session: Session,
+    reminder: Reminder,
+    *,
+    source: str,
+    due: datetime,
+    zone: ZoneInfo,
+    quiet: QuietHours,
+    now: datetime,
+    reason: str | None,
+) -> list[int]:
+    """The quiet-hours rule, in one place: put ``reminder`` back on the schedule at ``due``,
+    an SMS deferred out of quiet hours (:func:`allowed_at`). Returns the ids moved."""
+    return transition(
+        db_session,
+        [reminder.id],
+        source=source,
+        target=SCHEDULED,
+        now=now,
+        due_at=allowed_at(due, channel=reminder.channel, zone=zone, quiet=quiet),
+        reason=reason,
+    )

@@ -4,7 +4,7 @@ Every row goes through :func:`~aftercare.sessions.service.validate_request` (the
 the API and of ``aftercare enrol``) and so through the pure planner. Nothing from a bad row is
 stored; the good rows are stored in chunks of a thousand sessions, one transaction per chunk,
 so a session is never half stored. Storing writes patients, sessions, reminders and audit events
-with Core multi-row INSERTs, or binary COPY on PostgreSQL: one ORM object per reminder would cost
+through the bulk writer (:mod:`aftercare.storage.bulk`): one ORM object per reminder would cost
 more than planning it.
 """
 
@@ -14,38 +14,23 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import psycopg
-from psycopg.types.json import Json, Jsonb
-from sqlalchemy import Connection, func, insert, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, select
 
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
-from aftercare.sessions import course
-from aftercare.sessions.pgcopy import (
-    column_types,
-    copy_reminders,
-    copy_sql,
-    reminder_types,
-    sent_as,
-)
+from aftercare.sessions.import_store import GoodRow, Progress
 from aftercare.sessions.service import (
     SessionRequest,
     ValidSession,
-    patient_values,
-    reminder_rows,
-    session_values,
     validate_request,
 )
 from aftercare.sessions.validation import FieldError, ValidationFailed
-from aftercare.storage.db import Database
-from aftercare.storage.models import AuditEvent, Patient, Reminder, TreatmentSession
+from aftercare.storage.models import Patient, TreatmentSession
 
 DEFAULT_REGIMEN = "micro-sclerotherapy"
 # Both channels unless the row says otherwise, as the API and ``aftercare enrol`` do: a row with
@@ -65,25 +50,14 @@ FIXED_COLUMNS = (
 REQUIRED_COLUMNS = ("name", "treated_at", "consent", "contraindications_checked")
 CONFIRMATIONS = ("consent", "contraindications_checked")
 YES = frozenset({"yes", "true", "1"})
-CHUNK_SIZE = 1000
 # Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-Progress = Callable[[int], None]
 ContactKey = tuple[str, str, datetime]
 
 
 class ImportFileError(ValueError):
     """The file as a whole cannot be imported (encoding, CSV structure, header); nothing stored."""
-
-
-class ImportInterrupted(RuntimeError):
-    """The database failed while storing; the chunks before ``stored`` sessions are committed."""
-
-    def __init__(self, stored: int, reason: str) -> None:
-        super().__init__(reason)
-        self.stored = stored
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -99,12 +73,6 @@ class RowError:
 class CsvRows:
     columns: tuple[str, ...]
     rows: list[tuple[int, list[str]]]
-
-
-@dataclass(frozen=True)
-class GoodRow:
-    row: int
-    valid: ValidSession
 
 
 @dataclass
@@ -350,292 +318,3 @@ def write_report(errors: Iterable[RowError], path: Path) -> None:
         writer.writerow(["row", "field", "error"])
         for error in errors:
             writer.writerow([error.row, neutralise(error.field), neutralise(error.error)])
-
-
-# Storing -------------------------------------------------------------------------------------
-
-
-def store(
-    good: Sequence[GoodRow],
-    *,
-    db: Database,
-    now: datetime,
-    chunk_size: int = CHUNK_SIZE,
-    progress: Progress | None = None,
-    registry: RegimenRegistry | None = None,
-) -> int:
-    """Store every good row (patient, session, reminders, audit event), one transaction per
-    chunk; the number of sessions stored. Raises ImportInterrupted if the database fails.
-
-    A row for a patient already known (stored before, or in an earlier row: same phone, or
-    email when there is none, and name) adds its session to that patient, whose course is then
-    settled (a later session supersedes what an earlier one has not sent). ``registry`` names
-    the regimens of sessions already stored; by default only the file's own are known."""
-    if registry is None:
-        registry = RegimenRegistry({g.valid.regimen.id: g.valid.regimen for g in good})
-    stored = 0
-    for start in range(0, len(good), chunk_size):
-        chunk = good[start : start + chunk_size]
-        try:
-            with db.engine.begin() as connection:
-                owners = _owners(connection, chunk)
-                if db.is_postgres:
-                    _copy_chunk(connection, chunk, owners, now=now)
-                else:
-                    _insert_chunk(connection, chunk, owners, now=now)
-                _settle(connection, chunk, owners, registry=registry, now=now)
-        except (SQLAlchemyError, psycopg.Error) as exc:
-            # The driver's first line only: SQLAlchemy's own text repeats the parameters, which
-            # are patient data.
-            cause = getattr(exc, "orig", None) or exc
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise ImportInterrupted(stored, f"{type(cause).__name__}: {first}") from exc
-        stored += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return stored
-
-
-@dataclass
-class _Owners:
-    """Whose each row of a chunk is: a known patient's id, or the index of a new patient (the
-    first row of the chunk for that person creates them)."""
-
-    known: list[int | None]
-    new_of: list[int | None]
-    new_rows: list[GoodRow]
-    # Filled in once the new patients are stored: each row's patient id.
-    patient_ids: list[int] = field(default_factory=list)
-
-    def resolve(self, new_ids: Sequence[int]) -> list[int]:
-        ids: list[int] = []
-        for known, index in zip(self.known, self.new_of, strict=True):
-            if known is not None:
-                ids.append(known)
-            else:
-                assert index is not None
-                ids.append(new_ids[index])
-        self.patient_ids = ids
-        return ids
-
-
-def _person(valid: ValidSession) -> tuple[str, str, str] | None:
-    if valid.phone:
-        return ("phone", valid.phone, course.name_key(valid.name))
-    if valid.email:
-        return ("email", valid.email.casefold(), course.name_key(valid.name))
-    return None
-
-
-def _owners(connection: Connection, chunk: Sequence[GoodRow]) -> _Owners:
-    """Match each row to a known patient (one query for the chunk), or to the new patient an
-    earlier row of the chunk creates."""
-    phones = {g.valid.phone for g in chunk if g.valid.phone}
-    emails = {g.valid.email.casefold() for g in chunk if not g.valid.phone and g.valid.email}
-    stored: dict[tuple[str, str, str], int] = {}
-    if phones or emails:
-        rows = connection.execute(
-            select(Patient.id, Patient.name, Patient.phone, Patient.email)
-            .where(
-                or_(Patient.phone.in_(phones), func.lower(Patient.email).in_(emails)),
-                Patient.erased_at.is_(None),
-            )
-            .order_by(Patient.id.desc())
-        )
-        for pid, name, phone, email in rows:
-            if phone:
-                stored[("phone", phone, course.name_key(name))] = pid
-            elif email:
-                stored[("email", email.casefold(), course.name_key(name))] = pid
-    owners = _Owners(known=[], new_of=[], new_rows=[])
-    created: dict[tuple[str, str, str], int] = {}
-    for good in chunk:
-        person = _person(good.valid)
-        if person is not None and person in stored:
-            owners.known.append(stored[person])
-            owners.new_of.append(None)
-        elif person is not None and person in created:
-            owners.known.append(None)
-            owners.new_of.append(created[person])
-        else:
-            if person is not None:
-                created[person] = len(owners.new_rows)
-            owners.known.append(None)
-            owners.new_of.append(len(owners.new_rows))
-            owners.new_rows.append(good)
-    return owners
-
-
-def _settle(
-    connection: Connection,
-    chunk: Sequence[GoodRow],
-    owners: _Owners,
-    *,
-    registry: RegimenRegistry,
-    now: datetime,
-) -> None:
-    """Settle the course of every patient with more than one session after this chunk."""
-    counts = Counter(owners.patient_ids)
-    known = {pid for pid in owners.known if pid is not None}
-    for patient_id in sorted(pid for pid, n in counts.items() if n > 1 or pid in known):
-        rows = [g for g, pid in zip(chunk, owners.patient_ids, strict=True) if pid == patient_id]
-        if patient_id in known:
-            _complete_contact(connection, patient_id, rows)
-        course.settle_course(connection, patient_id=patient_id, registry=registry, now=now)
-
-
-def _complete_contact(connection: Connection, patient_id: int, rows: Sequence[GoodRow]) -> None:
-    """A known patient gains a contact detail or channel their new sessions need."""
-    patient = connection.execute(
-        select(Patient.phone, Patient.email, Patient.channels).where(Patient.id == patient_id)
-    ).one()
-    chosen = [c for c in patient.channels.split(",") if c]
-    for good in rows:
-        chosen += [c for c in good.valid.channels if c not in chosen]
-    values: dict[str, Any] = {"channels": ",".join(chosen)}
-    if patient.phone is None:
-        values["phone"] = next((g.valid.phone for g in rows if g.valid.phone), None)
-    if patient.email is None:
-        values["email"] = next((g.valid.email for g in rows if g.valid.email), None)
-    connection.execute(update(Patient).where(Patient.id == patient_id).values(**values))
-
-
-def _audit_values(
-    good: GoodRow, patient_id: int, session_id: int, now: datetime, *, matched: bool
-) -> dict[str, Any]:
-    return {
-        "at": now,
-        "actor_id": None,
-        "action": "import",
-        "patient_id": patient_id,
-        "session_id": session_id,
-        "detail": {
-            "regimen": good.valid.regimen.id,
-            "channels": list(good.valid.channels),
-            "row": good.row,
-            "matched_existing": matched,
-        },
-    }
-
-
-def _insert_chunk(
-    connection: Connection, chunk: Sequence[GoodRow], owners: _Owners, *, now: datetime
-) -> None:
-    """Any backend: multi-row INSERTs, RETURNING the new ids in the rows' order."""
-    new_ids = (
-        connection.scalars(
-            insert(Patient).returning(Patient.id, sort_by_parameter_order=True),
-            [patient_values(good.valid, now) for good in owners.new_rows],
-        ).all()
-        if owners.new_rows
-        else []
-    )
-    patient_ids = owners.resolve(new_ids)
-    session_ids = connection.scalars(
-        insert(TreatmentSession).returning(TreatmentSession.id, sort_by_parameter_order=True),
-        [
-            session_values(good.valid, patient_id, now)
-            for good, patient_id in zip(chunk, patient_ids, strict=True)
-        ],
-    ).all()
-    connection.execute(
-        insert(Reminder),
-        [
-            row
-            for session_id, good in zip(session_ids, chunk, strict=True)
-            for row in reminder_rows(session_id, good.valid.plan, now)
-        ],
-    )
-    connection.execute(
-        insert(AuditEvent),
-        [
-            _audit_values(good, patient_id, session_id, now, matched=known is not None)
-            for good, patient_id, session_id, known in zip(
-                chunk, patient_ids, session_ids, owners.known, strict=True
-            )
-        ],
-    )
-
-
-# PostgreSQL: binary COPY of every table. A multi-row INSERT of a thousand rows is a statement
-# of ten thousand placeholders that the driver parses in Python; COPY sends the rows as they are,
-# each encoded in C, and takes the new ids from the sequences beforehand.
-
-
-def _copy_chunk(
-    connection: Connection, chunk: Sequence[GoodRow], owners: _Owners, *, now: datetime
-) -> None:
-    driver = connection.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    with driver.cursor() as cursor:
-        new_ids = _next_ids(cursor, "patients", len(owners.new_rows)) if owners.new_rows else []
-        patient_ids = owners.resolve(new_ids)
-        session_ids = _next_ids(cursor, "treatment_sessions", len(chunk))
-        if owners.new_rows:
-            _copy_values(
-                cursor,
-                "patients",
-                [
-                    {"id": patient_id, **patient_values(good.valid, now)}
-                    for good, patient_id in zip(owners.new_rows, new_ids, strict=True)
-                ],
-            )
-        _copy_values(
-            cursor,
-            "treatment_sessions",
-            [
-                {"id": session_id, **session_values(good.valid, patient_id, now)}
-                for good, patient_id, session_id in zip(
-                    chunk, patient_ids, session_ids, strict=True
-                )
-            ],
-        )
-        _copy_reminders(cursor, zip(session_ids, chunk, strict=True), now)
-        _copy_values(
-            cursor,
-            "audit_log",
-            [
-                _audit_values(good, patient_id, session_id, now, matched=known is not None)
-                for good, patient_id, session_id, known in zip(
-                    chunk, patient_ids, session_ids, owners.known, strict=True
-                )
-            ],
-        )
-
-
-def _next_ids(cursor: psycopg.Cursor[Any], table: str, count: int) -> list[int]:
-    cursor.execute(
-        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-        (table, count),
-    )
-    return [row[0] for row in cursor.fetchall()]
-
-
-_JSON: dict[str, type[Json] | type[Jsonb]] = {"json": Json, "jsonb": Jsonb}
-
-
-def _copy_values(cursor: psycopg.Cursor[Any], table: str, rows: list[dict[str, Any]]) -> None:
-    """COPY rows given as the dicts the INSERT path uses, so both paths store the same values."""
-    columns = list(rows[0])
-    types = column_types(cursor, table)
-    kinds = [types[column] for column in columns]
-    with cursor.copy(copy_sql(table, columns)) as copy:
-        copy.set_types([sent_as(kind) for kind in kinds])
-        for row in rows:
-            copy.write_row(
-                [
-                    _JSON[kind](value) if kind in _JSON and value is not None else value
-                    for value, kind in zip(row.values(), kinds, strict=True)
-                ]
-            )
-
-
-def _copy_reminders(
-    cursor: psycopg.Cursor[Any], pairs: Iterable[tuple[int, GoodRow]], now: datetime
-) -> None:
-    """The bulk of the rows (about 40 a session), written as tuples rather than dicts; the
-    test comparing import with enrolment on PostgreSQL pins them to ``reminder_rows``."""
-    types = reminder_types(column_types(cursor, "reminders"))
-    copy_reminders(
-        cursor, ((session_id, good.valid.plan) for session_id, good in pairs), now, types
-    )

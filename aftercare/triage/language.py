@@ -21,6 +21,20 @@ if TYPE_CHECKING:
 ENGLISH: Final = "en"
 # Romanised words needed before a text counts as that language.
 ROMANISED_MIN_WORDS: Final = 3
+# Language names for staff (the flag says which interpreter is needed).
+LANGUAGE_NAMES: Final = {
+    "pl": "Polish",
+    "ro": "Romanian",
+    "pa": "Panjabi",
+    "ur": "Urdu",
+    "pt": "Portuguese",
+    "es": "Spanish",
+    "ar": "Arabic",
+    "bn": "Bengali",
+    "gu": "Gujarati",
+    "it": "Italian",
+    "cy": "Welsh",
+}
 
 
 def _script_letters(text: str) -> tuple[int, int]:

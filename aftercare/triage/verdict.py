@@ -177,7 +177,9 @@ class Triager:
             return Verdict("checkin_answer", "concern", answer=digit, language=language)
         return Verdict("unrecognised", "urgent", language=language, symptom=True)
 
-    def _english(self, reading: Reading, text: str, *, asks: bool) -> Verdict:
+    def _counted(self, reading: Reading) -> dict[str, Severity]:
+        """Each sign that counts, at its level for this reading (another person's, or a mild
+        urgent one, is at most a concern); the most severe when a sign is found twice."""
         signs = self.data.vocabulary.signs
         counted: dict[str, Severity] = {}
         for found in reading.signs:
@@ -190,6 +192,11 @@ class Triager:
                 level = "concern"
             if found.name not in counted or RANK[level] < RANK[counted[found.name]]:
                 counted[found.name] = level
+        return counted
+
+    def _english(self, reading: Reading, text: str, *, asks: bool) -> Verdict:
+        signs = self.data.vocabulary.signs
+        counted = self._counted(reading)
         severity = worst(counted.values())
         # The expected after-effects are named only when nothing else is.
         alarming = [n for n, s in counted.items() if RANK[s] <= RANK["concern"]]
@@ -270,3 +277,16 @@ def triager_for(folder: Path) -> Triager:
                 engine.data, engine, LanguageGuard(engine.data.answers.languages)
             )
         return found
+
+
+def default_triager() -> Triager:
+    """The triager for the shipped data (``schedules/triage``), for callers without a runtime
+    (tests, the bench); the service uses the runtime's, whose folder is configurable."""
+    from aftercare.settings import Settings
+
+    return triager_for(Settings.model_fields["schedules_dir"].default / "triage")
+
+
+def classify(body: str) -> Verdict:
+    """What the message ``body`` is, read with the shipped triage data."""
+    return default_triager().triage(body)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aftercare.sessions.actions import Conflict, NotFound
+from aftercare.errors import Conflict, NotFound
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.web.schemas import ErrorOut, ValidationErrorOut
 

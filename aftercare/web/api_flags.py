@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query
 
 from aftercare.audit import service as audit
+from aftercare.flags import resolution
 from aftercare.flags.service import open_flags
-from aftercare.sessions import actions
 from aftercare.storage.models import Flag
 from aftercare.web.api_errors import ApiRoute, responses
 from aftercare.web.auth import AdminStaff, CurrentStaff, DbSession
@@ -42,7 +42,7 @@ def resolve(
     body: Annotated[ResolveIn | None, Body()] = None,
 ) -> FlagResolvedOut:
     """Mark a flag as dealt with, with an optional note (409 if it already is)."""
-    flag = actions.resolve_flag(
+    flag = resolution.resolve_flag(
         db_session=db_session,
         flag_id=flag_id,
         actor_id=staff.id,

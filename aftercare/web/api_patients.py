@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from aftercare.patients import forget
-from aftercare.sessions import actions
+from aftercare.patients import service as patient_service
 from aftercare.storage.models import Patient
 from aftercare.web.api_errors import ApiRoute, responses
 from aftercare.web.auth import CurrentStaff, DbSession
@@ -24,7 +24,7 @@ PatientId = Annotated[int, Path(alias="id", ge=1, le=2**31 - 1, description="The
 @router.get("/{id}", response_model=PatientOut, responses=responses(404, 422))
 def read_patient(patient_id: PatientId, staff: CurrentStaff, db_session: DbSession) -> PatientOut:
     """The patient's details, opt-outs and sessions."""
-    patient = actions.get_patient(db_session=db_session, patient_id=patient_id)
+    patient = patient_service.get_patient(db_session=db_session, patient_id=patient_id)
     return patient_out(db_session, patient)
 
 
@@ -38,7 +38,7 @@ def update_patient(
 ) -> PatientOut:
     """Fix name, phone, email, time zone or channels (only the fields given). A new zone or
     channel choice re-plans future reminders; those already sent are untouched."""
-    patient = actions.update_patient(
+    patient = patient_service.update_patient(
         db_session=db_session,
         patient_id=patient_id,
         changes=body.model_dump(include=body.model_fields_set),
@@ -61,7 +61,7 @@ def erase_patient(
 ) -> Response:
     """Erase the patient's personal data and cancel what was still to be sent (409 if already
     erased). An anonymous audit record is kept."""
-    actions.erase_patient(
+    patient_service.erase_patient(
         db_session=db_session, patient_id=patient_id, actor_id=staff.id, now=rt.clock.now()
     )
     keys = forget.message_keys(db_session=db_session, patient_ids=[patient_id])
@@ -73,7 +73,7 @@ def erase_patient(
 
 
 def patient_out(db_session: Session, patient: Patient) -> PatientOut:
-    sessions = actions.patient_sessions(db_session=db_session, patient_id=patient.id)
+    sessions = patient_service.patient_sessions(db_session=db_session, patient_id=patient.id)
     return PatientOut(
         id=patient.id,
         name=patient.name,

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path, status
 from sqlalchemy.orm import Session
 
-from aftercare.sessions import actions
+from aftercare.sessions import actions, enrolment
 from aftercare.sessions.service import SessionRequest
 from aftercare.sessions.validation import FieldError, ValidationFailed, clean_instant
 from aftercare.storage.models import DeliveryAttempt, Reminder, TreatmentSession
@@ -72,7 +72,7 @@ def create_session(
         contraindications_checked=body.contraindications_checked,
         discreet=patient.discreet if patient else None,
     )
-    enrolled = actions.enrol_planned(
+    enrolled = enrolment.enrol_planned(
         db_session=db_session,
         request=request,
         registry=rt.registry,

@@ -23,8 +23,8 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from aftercare.errors import NotFound
 from aftercare.runtime import Runtime
-from aftercare.sessions.actions import NotFound
 from aftercare.sessions.validation import FieldError, without_bidi_controls
 from aftercare.storage.models import Flag
 from aftercare.web.app import app_runtime

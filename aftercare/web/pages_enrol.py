@@ -2,7 +2,7 @@
 
 One form, two buttons. "Preview" plans the timeline from the timing fields (zone, channels,
 treatment time, regimen parameters) and stores nothing; "Save" enrols through
-:func:`aftercare.sessions.actions.enrol`. Both re-render the form with every value kept and each
+:func:`aftercare.sessions.enrolment.enrol`. Both re-render the form with every value kept and each
 error next to its field. The optional script (``/static/preview.js``) only asks for the same
 "Preview" in the background as fields change.
 
@@ -23,10 +23,11 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from aftercare.patients import service as patient_service
 from aftercare.planning.planner import PlannedReminder
 from aftercare.regimens.model import Regimen
 from aftercare.runtime import Runtime
-from aftercare.sessions import actions
+from aftercare.sessions import enrolment
 from aftercare.sessions.service import SessionRequest, validate_request
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.web.auth import DbSession
@@ -161,7 +162,7 @@ def enrol_form(
     ``&flag=ID`` names the booking request the session answers."""
     values = _defaults(rt)
     if patient is not None:
-        known = actions.get_patient(db_session=db_session, patient_id=patient)
+        known = patient_service.get_patient(db_session=db_session, patient_id=patient)
         if known.erased_at is None:
             prefill(values, known)
     if flag is not None:
@@ -218,7 +219,7 @@ def enrol(rt: RuntimeDep, staff: PageStaff, db_session: DbSession, form: Checked
     chosen = values.chosen_patient_id
     try:
         with db_session.begin_nested():
-            enrolled = actions.enrol_planned(
+            enrolled = enrolment.enrol_planned(
                 db_session=db_session,
                 request=request,
                 registry=rt.registry,

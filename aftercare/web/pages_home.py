@@ -12,9 +12,10 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from aftercare.audit import service as audit
+from aftercare.errors import Conflict
+from aftercare.flags import resolution
 from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
-from aftercare.sessions import actions
 from aftercare.sessions.course import OUTCOME_LABELS
 from aftercare.sessions.validation import ValidationFailed, clean_phone
 from aftercare.web import pages_queries as queries
@@ -144,14 +145,14 @@ def resolve_flag(
         )
     try:
         with db_session.begin_nested():
-            actions.resolve_flag(
+            resolution.resolve_flag(
                 db_session=db_session,
                 flag_id=flag_id,
                 actor_id=staff.user.id,
                 now=rt.clock.now(),
                 note=note,
             )
-    except actions.Conflict:
+    except Conflict:
         return _flags_page(
             rt,
             staff,

@@ -13,6 +13,8 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
+from aftercare.errors import Conflict
+from aftercare.patients import service as patient_service
 from aftercare.regimens.model import Regimen
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
@@ -97,7 +99,7 @@ def _patient_page(
     status_code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
     views = []
-    for session in actions.patient_sessions(db_session=db_session, patient_id=patient.id):
+    for session in patient_service.patient_sessions(db_session=db_session, patient_id=patient.id):
         try:
             regimen: Regimen | None = rt.registry.get(session.regimen_id)
         except KeyError:
@@ -138,7 +140,7 @@ def _patient_page(
 def patient_page(
     patient_id: PatientId, request: Request, rt: RuntimeDep, staff: PageStaff, db_session: DbSession
 ) -> Response:
-    patient = actions.get_patient(db_session=db_session, patient_id=patient_id)
+    patient = patient_service.get_patient(db_session=db_session, patient_id=patient_id)
     return _patient_page(rt, staff, db_session, patient, message=notice(request))
 
 
@@ -150,11 +152,11 @@ def edit_contact(
     db_session: DbSession,
     form: CheckedForm,
 ) -> Response:
-    patient = actions.get_patient(db_session=db_session, patient_id=patient_id)
+    patient = patient_service.get_patient(db_session=db_session, patient_id=patient_id)
     contact = ContactForm.parse(form)
     try:
         with db_session.begin_nested():
-            actions.update_patient(
+            patient_service.update_patient(
                 db_session=db_session,
                 patient_id=patient_id,
                 changes={
@@ -180,7 +182,7 @@ def edit_contact(
             errors=exc.errors,
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
-    except actions.Conflict as exc:
+    except Conflict as exc:
         return _conflict(rt, staff, db_session, patient, exc)
     return redirect(f"/patients/{patient_id}?done=edited")
 
@@ -222,9 +224,9 @@ def _session_action(
                 actions.cancel_session(
                     db_session=db_session, session_id=session_id, actor_id=staff.user.id, now=now
                 )
-    except actions.Conflict as exc:
+    except Conflict as exc:
         db_session.refresh(session)
-        patient = actions.get_patient(db_session=db_session, patient_id=session.patient_id)
+        patient = patient_service.get_patient(db_session=db_session, patient_id=session.patient_id)
         return _conflict(rt, staff, db_session, patient, exc)
     done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[verb]
     return redirect(f"/patients/{session.patient_id}?done={done}")
@@ -258,7 +260,7 @@ def confirm_cancel(
 ) -> Response:
     """Cancelling cannot be undone, so it is asked for on a page of its own first."""
     session = actions.get_session(db_session=db_session, session_id=session_id)
-    patient = actions.get_patient(db_session=db_session, patient_id=session.patient_id)
+    patient = patient_service.get_patient(db_session=db_session, patient_id=session.patient_id)
     reminders = actions.session_reminders(db_session=db_session, session_id=session_id)
     return render(
         rt,

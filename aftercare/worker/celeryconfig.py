@@ -7,11 +7,8 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from aftercare.private import private_dir
-from aftercare.settings import Settings
+from aftercare.settings import DISPATCH_QUEUE, SEND_QUEUE, Settings
 
-DISPATCH_QUEUE = "aftercare.dispatch"
-SEND_QUEUE = "aftercare.send"
 # ``aftercare worker --queues`` takes these short names or the queue names themselves.
 QUEUES = {"dispatch": DISPATCH_QUEUE, "send": SEND_QUEUE}
 # Seconds between passes of silence detection (aftercare/silence/checkins.py).
@@ -89,19 +86,9 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
     }
-    if conf["broker_url"].startswith("filesystem://"):
-        folder = settings.broker_folder
-        for sub in ("queue", "processed"):
-            private_dir(folder / sub)
-        conf["broker_transport_options"] = {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "store_processed": False,
-            "polling_interval": 0.2,
-        }
-    elif conf["broker_url"].startswith(("redis://", "rediss://")):
-        conf["broker_transport_options"] = {"visibility_timeout": 3600}
+    options = settings.broker_transport_options()
+    if options:
+        conf["broker_transport_options"] = options
     return conf
 
 

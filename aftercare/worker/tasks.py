@@ -11,8 +11,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from aftercare import retention
-from aftercare.ops import heartbeat, metrics
+from aftercare import metrics
+from aftercare.ops import heartbeat
+from aftercare.patients import retention
 from aftercare.reminders import delivery, dispatch, leases
 from aftercare.runtime import Runtime, get_runtime
 from aftercare.silence import checkins

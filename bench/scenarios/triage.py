@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
-from aftercare.inbound.keywords import default_triager
+from aftercare.triage.verdict import default_triager
 from bench.context import Bench
 from bench.infra import REPO, log
 from bench.results import Row, summary

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from aftercare.cli.demo import play
 from aftercare.reminders import states
 from aftercare.runtime import set_runtime
-from aftercare.sessions import actions
+from aftercare.sessions import enrolment
 from aftercare.storage.models import Reminder
 from tests.factories import session_request
 from tests.stacks import TREATED, Stack, sent_log, start_aftercare
@@ -29,7 +29,7 @@ LONDON = ZoneInfo("Europe/London")
 
 def _record(stack: Stack, at: datetime) -> int:
     with stack.rt.db.session() as s:
-        return actions.enrol(
+        return enrolment.enrol(
             db_session=s,
             request=session_request(treated_at=at.isoformat()),
             registry=stack.rt.registry,

@@ -21,11 +21,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from aftercare import retention
+from aftercare.flags import resolution
 from aftercare.flags.service import raise_flag
 from aftercare.inbound.service import Replies, receive_sms
+from aftercare.patients import retention
 from aftercare.runtime import Runtime, set_runtime
-from aftercare.sessions import actions
 from aftercare.storage.migrate import upgrade
 from aftercare.web.app import create_app
 from tests.conftest import make_settings
@@ -71,7 +71,7 @@ def _patient_with_history(rt: Runtime) -> int:
         receive_sms(db_session=s, sid=sid, from_number=PHONE, body=REPLY, now=now, replies=replies)
         flag = raise_flag(s, kind="unrecognised_reply", patient_id=1, text=REPLY, now=now)
         s.flush()
-        actions.resolve_flag(db_session=s, flag_id=flag.id, actor_id=None, now=now, note=NOTE)
+        resolution.resolve_flag(db_session=s, flag_id=flag.id, actor_id=None, now=now, note=NOTE)
     return 1
 
 

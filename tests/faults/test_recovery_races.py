@@ -17,6 +17,7 @@ from sqlalchemy import update
 from aftercare.channels.base import Message, SendResult, Transport
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, dispatch, states
+from aftercare.reminders.delivery import sending
 from aftercare.runtime import Runtime
 from aftercare.storage.models import Reminder
 from tests.factories import enrol
@@ -76,7 +77,7 @@ def test_recovery_taking_over_a_slow_batch_never_sends_a_reminder_twice(
 ) -> None:
     # One send thread: the batch's later items wait behind the slow call, as they do when a
     # batch holds more messages than delivery has send threads.
-    monkeypatch.setattr(delivery, "SEND_THREADS", 1)
+    monkeypatch.setattr(sending, "SEND_THREADS", 1)
     enrol(runtime, channels=("email",), phone=None)
     with runtime.db.session() as s:  # nothing may expire here: this is about recovery alone
         s.execute(update(Reminder).values(expires_at=None))

@@ -12,7 +12,7 @@ import pytest
 from celery.schedules import crontab
 from sqlalchemy import func, select
 
-from aftercare import retention
+from aftercare.patients import retention
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import record_session, validate_request
@@ -160,7 +160,7 @@ def test_a_second_run_changes_nothing(runtime: Runtime) -> None:
 
 
 def test_a_patient_already_erased_by_staff_is_left_alone(runtime: Runtime) -> None:
-    from aftercare.sessions.actions import erase_patient
+    from aftercare.patients.service import erase_patient
 
     patient_id = enrol_patient(runtime, TREATED)
     staff_erased = datetime(2024, 1, 1, tzinfo=UTC)

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from aftercare.reminders import delivery, states
+from aftercare.reminders import states
+from aftercare.reminders.delivery import sending
 from aftercare.storage.migrate import upgrade
 from aftercare.storage.models import DeliveryAttempt, Reminder
 from tests.faults.conftest import Recorder
@@ -151,7 +152,7 @@ def _kill_repeatedly(
         in_flight.append(_unrecorded(stack, smtp).difference(*in_flight))
         print(f"kill {kill + 1}: accepted and unrecorded {sorted(in_flight[-1])}")
         # At most one email per send thread: each is recorded before its thread sends another.
-        assert len(in_flight[-1]) <= CONCURRENCY * delivery.SEND_THREADS, in_flight[-1]
+        assert len(in_flight[-1]) <= CONCURRENCY * sending.SEND_THREADS, in_flight[-1]
     fleet.worker(concurrency=CONCURRENCY)
     return in_flight
 
@@ -272,4 +273,4 @@ def test_embedded_default_killed_mid_run_and_restarted_sends_everything_due_at_o
     print(f"\nlast reminder sent {max_delay(embedded, due, since=restarted)} after the restart")
     assert result.lost == 0, not_sent(embedded, due)
     assert result.unwanted == 0
-    assert result.duplicates == len(in_flight) <= delivery.SEND_THREADS
+    assert result.duplicates == len(in_flight) <= sending.SEND_THREADS

@@ -23,9 +23,9 @@ from aftercare.inbound.service import FALLBACK_SAFETY_ADVICE, Replies
 from aftercare.messages.context import SAMPLE_CLINIC_NAME, SAMPLE_CLINIC_PHONE
 from aftercare.messages.gsm import sms_encoding
 from aftercare.messages.render import MessageRenderer
+from aftercare.patients.service import erase_patient
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
-from aftercare.sessions.actions import erase_patient
 from aftercare.storage.models import (
     AuditEvent,
     Flag,

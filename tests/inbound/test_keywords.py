@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aftercare.inbound.keywords import classify, default_triager
+from aftercare.triage.verdict import classify, default_triager
 
 
 @pytest.fixture(scope="module", autouse=True)

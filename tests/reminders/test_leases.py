@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from aftercare.channels.base import Message, SendResult, Transport
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, dispatch, states
+from aftercare.reminders.delivery import sending
 from aftercare.reminders.leases import Lease, Machine, take_over
 from aftercare.runtime import Runtime
 from aftercare.storage.models import Reminder, WorkerLease
@@ -179,7 +180,7 @@ def test_a_worker_whose_lease_lapsed_mid_batch_sends_nothing_recovery_took(
     """The worker is alive but could not renew its lease (a frozen VM, a database it could not
     reach) while its first send hung: recovery found the lease expired and took the rest over.
     The worker's next send renews its lease and claim first, finds both gone, and skips."""
-    monkeypatch.setattr(delivery, "SEND_THREADS", 1)
+    monkeypatch.setattr(sending, "SEND_THREADS", 1)
     batch = _due_batch(runtime, clock)
     lease = Lease(db=runtime.db, clock=clock, seconds=LEASE, heartbeat=False)
     taken: list[int] = []
@@ -214,7 +215,7 @@ def test_a_live_worker_keeps_its_work_while_it_renews_its_lease(
 ) -> None:
     """Recovery runs between every two sends of a batch that takes minutes of provider time,
     short of AFTERCARE_STALE_AFTER: the worker renews as it goes, and nothing is taken."""
-    monkeypatch.setattr(delivery, "SEND_THREADS", 1)
+    monkeypatch.setattr(sending, "SEND_THREADS", 1)
     batch = _due_batch(runtime, clock)
     lease = Lease(db=runtime.db, clock=clock, seconds=LEASE, heartbeat=False)
     taken: list[int] = []

@@ -14,7 +14,10 @@ from sqlalchemy import select
 
 from aftercare.audit.service import list_events
 from aftercare.clock import FixedClock
+from aftercare.errors import Conflict, NotFound
+from aftercare.flags import resolution
 from aftercare.flags.service import raise_flag
+from aftercare.patients import service as patient_service
 from aftercare.planning.planner import plan
 from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
@@ -186,7 +189,7 @@ def test_a_change_that_makes_no_sense_is_a_conflict_and_changes_nothing(
         act(runtime, funcs[step], session_id=session_id, actor_id=actor)
     before = {k: r.state for k, r in reminders(runtime, session_id).items()}
 
-    with pytest.raises(actions.Conflict, match=message):
+    with pytest.raises(Conflict, match=message):
         act(runtime, funcs[change], session_id=session_id, actor_id=actor)
 
     assert {k: r.state for k, r in reminders(runtime, session_id).items()} == before
@@ -194,7 +197,7 @@ def test_a_change_that_makes_no_sense_is_a_conflict_and_changes_nothing(
 
 
 def test_unknown_session_is_not_found(runtime: Runtime, actor: int) -> None:
-    with pytest.raises(actions.NotFound, match="session 4242"):
+    with pytest.raises(NotFound, match="session 4242"):
         act(runtime, actions.pause_session, session_id=4242, actor_id=actor)
 
 
@@ -204,7 +207,7 @@ def test_unknown_session_is_not_found(runtime: Runtime, actor: int) -> None:
 def edit(rt: Runtime, session_id: int, actor: int, **changes: Any) -> Patient:
     patient_id = session_row(rt, session_id).patient_id
     with rt.db.session() as s:
-        return actions.update_patient(
+        return patient_service.update_patient(
             db_session=s,
             patient_id=patient_id,
             changes=changes,
@@ -381,7 +384,7 @@ def test_erase_replaces_personal_data_cancels_pending_reminders_and_keeps_an_ano
     deliver_due(runtime)
     patient_id = session_row(runtime, session_id).patient_id
 
-    act(runtime, actions.erase_patient, patient_id=patient_id, actor_id=actor)
+    act(runtime, patient_service.erase_patient, patient_id=patient_id, actor_id=actor)
 
     patient = patient_row(runtime, session_id)
     assert (patient.name, patient.phone, patient.email, patient.erased_at) == (
@@ -401,9 +404,9 @@ def test_erase_replaces_personal_data_cancels_pending_reminders_and_keeps_an_ano
     for personal in (PATIENT_NAME, PATIENT_PHONE, PATIENT_EMAIL):
         assert personal not in text
 
-    with pytest.raises(actions.Conflict, match="already been erased"):
-        act(runtime, actions.erase_patient, patient_id=patient_id, actor_id=actor)
-    with pytest.raises(actions.Conflict, match="erased"):
+    with pytest.raises(Conflict, match="already been erased"):
+        act(runtime, patient_service.erase_patient, patient_id=patient_id, actor_id=actor)
+    with pytest.raises(Conflict, match="erased"):
         edit(runtime, session_id, actor, timezone="Europe/Paris")
 
 
@@ -414,7 +417,7 @@ def test_every_action_is_audited_with_its_actor_and_ids_only(runtime: Runtime, a
     act(runtime, actions.resume_session, session_id=session_id, actor_id=actor, quiet=runtime.quiet)
     edit(runtime, session_id, actor, email="new.address@example.org")
     act(runtime, actions.cancel_session, session_id=session_id, actor_id=actor)
-    act(runtime, actions.erase_patient, patient_id=patient_id, actor_id=actor)
+    act(runtime, patient_service.erase_patient, patient_id=patient_id, actor_id=actor)
 
     events = list(reversed(audit_events(runtime)))
     assert [(e.action, e.actor_id, e.patient_id) for e in events] == [
@@ -435,11 +438,11 @@ def test_resolving_a_flag_is_audited_and_twice_is_a_conflict(runtime: Runtime, a
             s, kind="checkin_concern", patient_id=patient_id, text="still dark", now=NOW
         ).id
 
-    flag = act(runtime, actions.resolve_flag, flag_id=flag_id, actor_id=actor, note="called")
+    flag = act(runtime, resolution.resolve_flag, flag_id=flag_id, actor_id=actor, note="called")
 
     assert (flag.resolved_at, flag.resolved_by_id, flag.resolution_note) == (NOW, actor, "called")
     assert audit_actions(runtime) == [("resolve_flag", actor)]
-    with pytest.raises(actions.Conflict, match="already resolved"):
-        act(runtime, actions.resolve_flag, flag_id=flag_id, actor_id=actor)
-    with pytest.raises(actions.NotFound, match="flag 999"):
-        act(runtime, actions.resolve_flag, flag_id=999, actor_id=actor)
+    with pytest.raises(Conflict, match="already resolved"):
+        act(runtime, resolution.resolve_flag, flag_id=flag_id, actor_id=actor)
+    with pytest.raises(NotFound, match="flag 999"):
+        act(runtime, resolution.resolve_flag, flag_id=999, actor_id=actor)

@@ -24,7 +24,7 @@ from aftercare.flags.service import raise_flag
 from aftercare.inbound.service import Replies, receive_sms
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
-from aftercare.sessions import actions, course, importer
+from aftercare.sessions import actions, course, enrolment, import_store, importer
 from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.db import Database
 from aftercare.storage.models import Flag, Patient, Reminder, TreatmentSession
@@ -43,13 +43,13 @@ def api(runtime: Runtime) -> Iterator[Api]:
     yield from make_api(runtime)
 
 
-def record(rt: Runtime, *, at: datetime | None = None, **overrides: Any) -> actions.Enrolled:
+def record(rt: Runtime, *, at: datetime | None = None, **overrides: Any) -> enrolment.Enrolled:
     """Record a session treated (and recorded) at ``at`` through the staff action."""
     at = at or rt.clock.now()
     overrides.setdefault("treated_at", at.isoformat())
     patient_id = overrides.pop("patient_id", None)
     with rt.db.session() as s:
-        enrolled = actions.enrol_planned(
+        enrolled = enrolment.enrol_planned(
             db_session=s,
             request=session_request(**overrides),
             registry=rt.registry,
@@ -227,7 +227,7 @@ def test_csv_import_adds_sessions_to_known_patients_and_settles_their_course(
     )
     assert checked.errors == []
 
-    stored = importer.store(
+    stored = import_store.store(
         checked.good, db=runtime.db, now=now, registry=runtime.registry, chunk_size=2
     )
 
@@ -468,7 +468,7 @@ def test_recording_the_session_a_booking_request_asked_for_resolves_and_links_it
         ).id
     clock.set(T0 + timedelta(weeks=11))
     with runtime.db.session() as s:
-        session = actions.enrol(
+        session = enrolment.enrol(
             db_session=s,
             request=session_request(treated_at=clock.now().isoformat()),
             registry=runtime.registry,
@@ -485,7 +485,7 @@ def test_recording_the_session_a_booking_request_asked_for_resolves_and_links_it
         assert flag.booked_session_id == session_id
     # A flag already resolved, or another patient's, is refused and nothing is stored.
     with pytest.raises(ValidationFailed), runtime.db.session() as s:
-        actions.enrol(
+        enrolment.enrol(
             db_session=s,
             request=session_request(treated_at=clock.now().isoformat()),
             registry=runtime.registry,

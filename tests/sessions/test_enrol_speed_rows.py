@@ -17,12 +17,12 @@ from aftercare.sessions.service import (
     SessionRequest,
     patient_values,
     record_session,
-    reminder_rows,
     session_values,
     validate_request,
 )
 from aftercare.storage.db import Database
 from aftercare.storage.models import Base, Patient, Reminder, TreatmentSession
+from aftercare.storage.rows import reminder_rows
 from tests.conftest import _truncate, make_settings
 
 NOW = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)

@@ -465,7 +465,7 @@ def test_session_when_recorded_five_days_late_then_only_safe_reminders_are_broug
 
 def test_sql_names_when_not_a_plain_name_then_refused() -> None:
     """The driver-level INSERTs interpolate column and table names; only plain names pass."""
-    from aftercare.sessions.pgcopy import sql_names
+    from aftercare.storage.pgcopy import sql_names
 
     assert sql_names(("patient_id", "due_at")) == "patient_id, due_at"
     for bad in ("name; DROP TABLE patients", "Name", "a b", "", "x)--"):

@@ -25,7 +25,7 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.runtime import Runtime, get_runtime, set_runtime
-from aftercare.sessions import importer
+from aftercare.sessions import import_store, importer
 from aftercare.sessions.service import record_session
 from aftercare.storage.db import Database
 from aftercare.storage.models import AuditEvent, Base, Patient, Reminder, TreatmentSession
@@ -303,7 +303,7 @@ def test_store_when_chunks_are_small_then_each_session_gets_its_own_reminders(
     )
     advanced: list[int] = []
 
-    stored = importer.store(
+    stored = import_store.store(
         checked.good, db=runtime.db, now=NOW, chunk_size=3, progress=advanced.append
     )
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics.
+"""Prometheus metrics the worker counts: defined here, at the bottom, so delivery and dispatch can
+count without importing ``ops`` (which reads them and serves them).
 
 Two sources, each correct however many processes run:
 

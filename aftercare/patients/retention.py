@@ -5,7 +5,7 @@ service stores every planned reminder with its session, so that is the end of th
 session with no reminders ended at its treatment time, a patient with no session when the row
 was created). Once that is more than ``AFTERCARE_RETENTION_DAYS`` ago, the daily
 ``aftercare.retention`` task erases the patient's personal data with the same function staff
-use (:func:`aftercare.sessions.actions.erase_patient`), audited as ``retention_erase`` with no
+use (:func:`aftercare.patients.service.erase_patient`), audited as ``retention_erase`` with no
 actor. Erased patients are never picked again, so a second run changes nothing. The policy and
 its reasons are in docs/retention.md.
 """
@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Subquery, func, select
 from sqlalchemy.orm import Session
 
 from aftercare.patients import forget
-from aftercare.sessions.actions import erase_patient
+from aftercare.patients.service import erase_patient
 from aftercare.storage.db import Database
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
 

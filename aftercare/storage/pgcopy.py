@@ -1,5 +1,6 @@
-"""PostgreSQL's own ways of storing a session: binary COPY of planned reminders (shared by
-enrolment and CSV import), and the new patient and session in one statement (enrolment).
+"""PostgreSQL's own ways of storing rows, for :mod:`aftercare.storage.bulk`: binary COPY (every
+reminder of an enrolment, every table of a CSV import), and a new patient and session in one
+statement (enrolment).
 
 A session's ~46 reminders as one COPY take a third of the time of an executemany of 46
 INSERTs (measured on this project's schema): one message carrying every row, each value
@@ -13,30 +14,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
-from psycopg.types.json import Json
-
-from aftercare.planning.planner import PlannedReminder
-
-# As record_session writes it (the test comparing import with enrolment pins the two together).
-SKIPPED_REASON = "catch-up: superseded before enrolment"
-
-REMINDER_COLUMNS = (
-    "session_id",
-    "step",
-    "occurrence",
-    "channel",
-    "template",
-    "nominal_at",
-    "due_at",
-    "expires_at",
-    "critical",
-    "state",
-    "attempts",
-    "updated_at",
-    "reason",
-)
+from psycopg.types.json import Json, Jsonb
 
 
 def column_types(cursor: psycopg.Cursor[Any], table: str) -> dict[str, str]:
@@ -61,40 +42,50 @@ def sent_as(kind: str) -> str:
     return "timestamptz" if kind == "timestamp" else kind
 
 
-def reminder_types(types: dict[str, str]) -> list[str]:
-    """What :func:`copy_reminders` sends each column as, from :func:`column_types`."""
-    return [sent_as(types[column]) for column in REMINDER_COLUMNS]
-
-
-def copy_reminders(
-    cursor: psycopg.Cursor[Any],
-    plans: Iterable[tuple[int, Sequence[PlannedReminder]]],
-    now: datetime,
-    types: Sequence[str],
+def copy_rows(
+    cursor: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    """Every reminder of each (session id, plan), in plan order, as ``reminder_rows`` builds
-    them; ``types`` from :func:`reminder_types`."""
-    with cursor.copy(copy_sql("reminders", REMINDER_COLUMNS)) as copy:
-        copy.set_types(list(types))
-        for session_id, plan in plans:
-            for r in plan:
-                copy.write_row(
-                    (
-                        session_id,
-                        r.step,
-                        r.occurrence,
-                        r.channel,
-                        r.template,
-                        r.nominal_utc,
-                        r.due_utc,
-                        r.expires_utc,
-                        r.critical,
-                        r.state,
-                        0,
-                        now,
-                        SKIPPED_REASON if r.state == "skipped" else None,
-                    )
-                )
+    """COPY ``rows`` (tuples in ``columns`` order) into ``table``, each value sent as its
+    column's type; JSON columns take dicts."""
+    types = table_types(cursor, table, columns)
+    kinds = [types[column] for column in columns]
+    json = [(i, _JSON[kind]) for i, kind in enumerate(kinds) if kind in _JSON]
+    with cursor.copy(copy_sql(table, columns)) as copy:
+        copy.set_types([sent_as(kind) for kind in kinds])
+        if not json:
+            for row in rows:
+                copy.write_row(row)
+            return
+        for row in rows:
+            values = list(row)
+            for i, wrap in json:
+                if values[i] is not None:
+                    values[i] = wrap(values[i])
+            copy.write_row(values)
+
+
+def next_ids(cursor: psycopg.Cursor[Any], table: str, count: int) -> list[int]:
+    """``count`` ids taken from ``table``'s sequence, for rows COPY is about to write."""
+    cursor.execute(
+        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+        (table, count),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+_JSON: dict[str, type[Json] | type[Jsonb]] = {"json": Json, "jsonb": Jsonb}
+# Column types, read from the catalog once per connection and table.
+_types: WeakKeyDictionary[psycopg.Connection[Any], dict[str, dict[str, str]]] = WeakKeyDictionary()
+
+
+def table_types(cursor: psycopg.Cursor[Any], table: str, columns: Sequence[str]) -> dict[str, str]:
+    """:func:`column_types` of ``table``, cached for the cursor's connection (read again when a
+    column is missing: the schema was migrated since)."""
+    by_table = _types.setdefault(cursor.connection, {})
+    found = by_table.get(table)
+    if found is None or any(column not in found for column in columns):
+        found = by_table[table] = column_types(cursor, table)
+    return found
 
 
 def insert_session(
