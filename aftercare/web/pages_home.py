@@ -97,14 +97,16 @@ def _flags_page(
     notes: dict[int, str] | None = None,
     status_code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
+    rows = queries.flags_with_patients(db_session)
     return render(
         rt,
         "flags.html",
         staff=staff,
         db_session=db_session,
         status_code=status_code,
-        flags=queries.flags_with_patients(db_session),
+        flags=rows,
         zone=ZoneInfo(rt.settings.default_timezone),
+        callers=queries.staff_names(db_session, [r.flag.acknowledged_by_id for r in rows]),
         message=message,
         problem=problem,
         errors=errors or {},
