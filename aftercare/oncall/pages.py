@@ -250,3 +250,24 @@ def paged_flags_for(db_session: Session, *, staff_ids: Collection[int]) -> list[
             .order_by(Flag.id)
         )
     )
+
+
+def age_text(seconds: float) -> str:
+    """A flag's age for staff: "under 1 min", "7 min", "2 h 5 min", "3 days"."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "under 1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    return f"{hours // 24} days"
+
+
+def waiting_for_call_back(db_session: Session, *, now: datetime) -> list[tuple[Flag, str]]:
+    """The dashboard tile: unacknowledged emergency and urgent flags with their ages."""
+    return [
+        (flag, age_text((now - flag.created_at).total_seconds()))
+        for flag in unacknowledged(db_session)
+    ]

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from aftercare.audit import service as audit
+from aftercare.oncall.pages import waiting_for_call_back
 from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions import actions
@@ -49,6 +50,7 @@ def dashboard(
         today=local,
         counts=queries.day_counts(db_session, start=start, end=end, now=now),
         urgent=[row for row in queries.flags_with_patients(db_session) if row.flag.urgent][:5],
+        waiting=waiting_for_call_back(db_session, now=now),
         failures=queries.recent_failures(db_session, since=now - timedelta(days=7)),
         recent=queries.recent_sessions(db_session),
         notice=notice(request),
