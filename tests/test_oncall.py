@@ -523,3 +523,35 @@ def test_page_text_is_gsm7_one_segment_and_names_nothing_but_the_link() -> None:
     assert re.sub(r"https://\S+", "", message.body) == (
         "Aftercare: an urgent reply needs a call back. Open  Reply ACK when you are calling."
     )
+
+
+def test_round_whose_every_page_failed_escalates_at_once(
+    rota: Runtime, twilio: FakeTwilio, clock: FixedClock
+) -> None:
+    """The first on call's mobile and address are refused for good: the second is paged at
+    the next pass, not after ESCALATE_AFTER."""
+    from aftercare.channels.base import Message, SendResult, TransportError
+
+    class Refusing:
+        name = "refusing"
+        channel = "sms"
+
+        def send(self, message: Message) -> SendResult:
+            raise TransportError("refused", permanent=True, code="21211")
+
+        def lookup(self, message: Message, *, since: datetime) -> SendResult | None:
+            return None
+
+    enrol(rota)
+    twilio.sms(URGENT_TEXT)
+    real = page_deps(rota, with_lease=False)
+    refusing = PageDeps(
+        db=real.db,
+        clock=real.clock,
+        transports={"sms": Refusing(), "email": Refusing()},  # type: ignore[dict-item]
+        public_base_url=PUBLIC,
+        escalate_after=AFTER,
+    )
+    assert run_paging(rota, refusing) == [p.FAILED, p.FAILED]
+    assert run_paging(rota, real) == [p.SENT, p.SENT]
+    assert who_was_paged(rota) == [(SECOND, "sms"), (SECOND, "email")]

@@ -186,6 +186,37 @@ def escalate(db_session: Session, *, flag_id: int, now: datetime, after: timedel
     return len(page_round(db_session, flag=flag, round_no=current + 1, now=now))
 
 
+def round_failed(db_session: Session, *, flag_id: int, round_no: int) -> bool:
+    """True when every page of the flag's round has failed (none sent or still going)."""
+    states = set(
+        db_session.scalars(
+            select(Page.state).where(Page.flag_id == flag_id, Page.round == round_no).distinct()
+        )
+    )
+    return states == {FAILED}
+
+
+def escalate_now(
+    db_session: Session, *, flag_id: int, round_no: int, now: datetime, after: timedelta
+) -> bool:
+    """Make the flag's next round due at once (no commit), if it is still on ``round_no``,
+    unacknowledged and open."""
+    moved = db_session.execute(
+        update(Flag)
+        .where(
+            Flag.id == flag_id,
+            Flag.page_round == round_no,
+            Flag.acknowledged_at.is_(None),
+            Flag.resolved_at.is_(None),
+            Flag.paged_at.is_not(None),
+        )
+        .values(paged_at=now - after)
+        .returning(Flag.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return moved is not None
+
+
 def claim_due(db_session: Session, *, now: datetime, limit: int = 100) -> list[int]:
     """Claim due pages for sending (``scheduled -> queued``), oldest first."""
     due = (

@@ -40,6 +40,8 @@ class PageDeps:
     transports: Mapping[str, Transport]
     public_base_url: str
     lease: Lease | None = None
+    # AFTERCARE_ESCALATE_AFTER: a round whose every page failed escalates at once.
+    escalate_after: timedelta = timedelta(seconds=900)
 
 
 def _message(page: Page, staff: StaffUser, base: str) -> Message | None:
@@ -137,6 +139,16 @@ def _failed(deps: PageDeps, *, page_id: int, exc: TransportError) -> str:
                 now=now,
                 reason=f"provider error {exc.code or 'transient'}",
             )
+            if p.round_failed(db_session, flag_id=page.flag_id, round_no=page.round):
+                # Nobody got this round's page (a wrong mobile, a refused address): the next
+                # round goes now, not after AFTERCARE_ESCALATE_AFTER.
+                p.escalate_now(
+                    db_session,
+                    flag_id=page.flag_id,
+                    round_no=page.round,
+                    now=now,
+                    after=deps.escalate_after,
+                )
             log.warning("page %s failed (code %s)", page_id, exc.code)
             return p.FAILED
         p.transition(

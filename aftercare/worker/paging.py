@@ -23,6 +23,7 @@ def page_deps(rt: Runtime, *, with_lease: bool = True) -> PageDeps:
         transports=deps.transports,
         public_base_url=rt.settings.public_base_url,
         lease=rt.lease if with_lease else None,
+        escalate_after=timedelta(seconds=rt.settings.escalate_after),
     )
 
 
