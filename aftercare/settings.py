@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,8 @@ from aftercare.planning.quiet import QuietHours
 # worker's Celery configuration, so ops can report their depth without importing the worker.
 DISPATCH_QUEUE = "aftercare.dispatch"
 SEND_QUEUE = "aftercare.send"
+if TYPE_CHECKING:
+    from aftercare.oncall.hours import OpeningHours
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
 # Clinic names that are not a clinic's (the defaults and the docs' examples): patients would read
@@ -124,6 +126,12 @@ class Settings(BaseSettings):
     # The largest request body any route accepts (413 beyond it, checked on Content-Length and as
     # a chunked body arrives). The login form and the unsubscribe POST have smaller fixed limits.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # An emergency or urgent flag nobody has acknowledged this many seconds after its latest
+    # page pages the next person on the on-call rota (then every admin): aftercare/oncall.
+    escalate_after: float = Field(default=900.0, gt=0)
+    # When the clinic answers its phone, e.g. "Mon-Fri 08:30-17:30; Sat 09:00-13:00" (in
+    # AFTERCARE_DEFAULT_TIMEZONE; days not named are closed). Empty: not said to patients.
+    opening_hours: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -180,6 +188,14 @@ class Settings(BaseSettings):
     @classmethod
     def _quiet_hours_format(cls, value: str) -> str:
         QuietHours.parse(value)
+        return value
+
+    @field_validator("opening_hours")
+    @classmethod
+    def _opening_hours_format(cls, value: str) -> str:
+        from aftercare.oncall.hours import OpeningHours
+
+        OpeningHours.parse(value)
         return value
 
     @field_validator("clock")
@@ -305,6 +321,12 @@ class Settings(BaseSettings):
     def trusted_proxy_list(self) -> list[str]:
         """``AFTERCARE_TRUSTED_PROXIES`` as a list of IP addresses and networks."""
         return _entries(self.trusted_proxies)
+
+    @property
+    def hours(self) -> OpeningHours:
+        from aftercare.oncall.hours import OpeningHours
+
+        return OpeningHours.parse(self.opening_hours)
 
     @property
     def quiet(self) -> QuietHours:

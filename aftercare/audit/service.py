@@ -32,6 +32,10 @@ ACTIONS: Final = frozenset(
         "token_issue",
         "token_revoke",
         "import",
+        "on_call",
+        "off_call",
+        "on_call_move",
+        "page_ack",
     }
 )
 DetailValue = int | bool | None | str | list[str] | list[int]

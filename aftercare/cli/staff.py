@@ -199,3 +199,45 @@ def list_staff() -> None:
                 f"{user.id:>4}  {user.role:<5}  {user.email}{state}"
                 f"  tokens: {', '.join(live) or '-'}"
             )
+
+
+@staff_cli.command("on-call")
+def on_call(
+    email: EmailArg,
+    phone: Annotated[
+        str,
+        typer.Option("--phone", metavar="E164", help="Mobile for pages, e.g. +447700900123."),
+    ],
+) -> None:
+    """Put a staff member on the on-call rota (at the end), with the mobile pages go to.
+
+    Someone already on call keeps their place and gets the new number.
+    """
+    from aftercare.oncall import rota
+
+    rt = _runtime()
+    try:
+        with rt.db.session() as db_session:
+            user, added = rota.put_on_call(
+                db_session=db_session, email=email, phone=phone, now=rt.clock.now()
+            )
+            address, position, number = user.email, user.on_call_position, user.phone
+    except rota.RotaError as exc:
+        _fail(str(exc))
+    what = "on call" if added else "already on call; mobile updated"
+    typer.echo(f"{address} is {what} (position {position}, pages to {number}).")
+
+
+@staff_cli.command("off-call")
+def off_call(email: EmailArg) -> None:
+    """Take a staff member off the on-call rota."""
+    from aftercare.oncall import rota
+
+    rt = _runtime()
+    try:
+        with rt.db.session() as db_session:
+            user = rota.take_off_call(db_session=db_session, email=email, now=rt.clock.now())
+            address = user.email
+    except rota.RotaError as exc:
+        _fail(str(exc))
+    typer.echo(f"{address} is off call.")

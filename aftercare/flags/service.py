@@ -9,6 +9,7 @@ from typing import Final
 from sqlalchemy import ColumnElement, case, select
 from sqlalchemy.orm import Session
 
+from aftercare.oncall.pages import start_paging
 from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag
 from aftercare.triage.data import RANK, Severity
@@ -80,6 +81,10 @@ def raise_flag(
     )
     db_session.add(flag)
     db_session.flush()
+    if flag.urgent:
+        # Every emergency or urgent flag, whoever raises it, pages the on-call rota now, in
+        # the same transaction (aftercare/oncall/pages.py).
+        start_paging(db_session, flag=flag, now=now)
     return flag
 
 

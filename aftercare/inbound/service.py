@@ -27,6 +27,7 @@ from aftercare.inbound.senders import (
     stored_message,
 )
 from aftercare.messages.render import MessageRenderer
+from aftercare.oncall.ack import acknowledge_by_sms
 from aftercare.patients.consent import restore_sms_consent, withdraw_sms_consent
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.sessions.course import checkin_outcome
@@ -77,6 +78,10 @@ class Replies:
         except KeyError:
             return frozenset()
 
+    # When the clinic next answers its phone ("The clinic opens again at 08:30 tomorrow."),
+    # told with an urgent answer; empty when AFTERCARE_OPENING_HOURS is not set.
+    next_open: str = ""
+
     def _render(self, template: str, **extra: object) -> str:
         context = {"clinic_name": self.clinic_name, "clinic_phone": self.clinic_phone, **extra}
         return self.renderer.render_sms(template, context).body
@@ -104,6 +109,8 @@ class Replies:
         if verdict.emergency:
             return self.answer("emergency")
         parts = [self.answer("urgent" if known else "urgent_unknown_sender")]
+        if self.next_open:
+            parts.append(self.next_open)
         advice = self.triage.data.answers.advice
         parts += [" ".join(advice[a].split()) for a in verdict.advice if a in advice]
         if known:
@@ -148,6 +155,10 @@ def receive_sms(
         return _again(existing)
     phone = normalise_number(from_number)
     body = body.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+    # An on-call staff member answering a page with ACK: not a patient's reply.
+    staff_reply = acknowledge_by_sms(db_session, phone=phone, body=body, now=now)
+    if staff_reply is not None:
+        return _store_staff_ack(db_session, sid, phone, body, now=now, reply=staff_reply)
     verdict = replies.triage.triage(body)
     patient, session = match_sender(db_session=db_session, phone=phone)
     message = InboundMessage(
@@ -181,6 +192,30 @@ def receive_sms(
         message.session_id,
     )
     return Received(message.id, message.kind, message.response_text)
+
+
+def _store_staff_ack(
+    db_session: Session, sid: str, phone: str, body: str, *, now: datetime, reply: str
+) -> Received:
+    message = InboundMessage(
+        provider_sid=sid,
+        from_number=phone,
+        body=body,
+        received_at=now,
+        kind="page_ack",
+        severity="info",
+        response_text=reply,
+    )
+    try:
+        with db_session.begin_nested():
+            db_session.add(message)
+    except IntegrityError:
+        again = stored_message(db_session=db_session, sid=sid)
+        if again is None:
+            raise
+        return _again(again)
+    log.info("inbound %s: page_ack", message.id)
+    return Received(message.id, message.kind, reply)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from aftercare.oncall.metrics import oncall_metrics
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.storage.models import Flag, Reminder
@@ -50,6 +51,7 @@ class DatabaseCollector(Collector):
                     Reminder.due_at < now - timedelta(minutes=5),
                 )
             )
+            oncall = list(oncall_metrics(s, now=now))
         yield reminders
         yield flags
         yield GaugeMetricFamily(
@@ -57,3 +59,4 @@ class DatabaseCollector(Collector):
             "Reminders due more than 5 minutes ago and not yet sent",
             value=overdue or 0,
         )
+        yield from oncall

@@ -241,6 +241,14 @@ class Flag(Base):
     resolution_note: Mapped[str | None] = mapped_column(Text)
     # A booking_request resolved by recording the session it asked for: that session.
     booked_session_id: Mapped[int | None] = mapped_column(ForeignKey("treatment_sessions.id"))
+    # An emergency or urgent flag pages the on-call rota (aftercare/oncall): someone said
+    # "I'm calling" (button or an ACK reply) at this time, which stops the escalation.
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    # Paging rounds so far (0: never paged) and when the latest went out; escalation pages the
+    # next round once ``paged_at`` is AFTERCARE_ESCALATE_AFTER old. None: nobody left to page.
+    page_round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paged_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index(
@@ -264,6 +272,9 @@ class StaffUser(Base):
     role: Mapped[str] = mapped_column(String(16), default="staff")
     created_at: Mapped[datetime]
     disabled_at: Mapped[datetime | None]
+    # A mobile for pages (E.164), and the place on the on-call rota (None: not on call).
+    phone: Mapped[str | None] = mapped_column(String(20))
+    on_call_position: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiToken(Base):
@@ -349,3 +360,44 @@ class WorkerLease(Base):
     started: Mapped[str] = mapped_column(String(24))
     lease_until: Mapped[datetime]
     created_at: Mapped[datetime]
+
+
+class Page(Base):
+    """One message to a staff member about an emergency or urgent flag (aftercare/oncall).
+
+    States: scheduled -> queued -> sending -> sent | failed, or cancelled (the flag was
+    acknowledged or resolved first). Guarded like a reminder's, so a page goes out exactly once.
+    Holds ids only: the text is built when it is sent, and names no patient.
+    """
+
+    __tablename__ = "pages"
+    __table_args__ = (
+        # One page per person, channel and flag, however often escalation runs.
+        UniqueConstraint("flag_id", "staff_id", "channel", name="uq_pages_flag_staff_channel"),
+        Index(
+            "ix_pages_live",
+            "state",
+            "due_at",
+            postgresql_where=sql_text("state IN ('scheduled', 'queued', 'sending')"),
+            sqlite_where=sql_text("state IN ('scheduled', 'queued', 'sending')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flag_id: Mapped[int] = mapped_column(ForeignKey("flags.id"), index=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"))
+    # The flag's paging round (1: the first on call; the last: every admin).
+    round: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the current attempt started (the provider is asked about it after a crash).
+    attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    provider_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    # The worker lease it was claimed under (as Reminder.claimed_by).
+    claimed_by: Mapped[str | None] = mapped_column(String(32))

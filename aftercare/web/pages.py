@@ -15,7 +15,14 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from aftercare.web import pages_auth, pages_enrol, pages_home, pages_password, pages_patient
+from aftercare.web import (
+    pages_auth,
+    pages_enrol,
+    pages_home,
+    pages_oncall,
+    pages_password,
+    pages_patient,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -26,6 +33,7 @@ for _area in (
     pages_home.router,
     pages_enrol.router,
     pages_patient.router,
+    pages_oncall.router,
 ):
     router.include_router(_area)
 

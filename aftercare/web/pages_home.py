@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from aftercare.audit import service as audit
 from aftercare.errors import Conflict
 from aftercare.flags import resolution
+from aftercare.oncall.pages import waiting_for_call_back
 from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions.course import OUTCOME_LABELS
@@ -50,6 +51,7 @@ def dashboard(
         today=local,
         counts=queries.day_counts(db_session, start=start, end=end, now=now),
         urgent=[row for row in queries.flags_with_patients(db_session) if row.flag.urgent][:5],
+        waiting=waiting_for_call_back(db_session, now=now),
         failures=queries.recent_failures(db_session, since=now - timedelta(days=7)),
         recent=queries.recent_sessions(db_session),
         notice=notice(request),
@@ -99,14 +101,16 @@ def _flags_page(
     notes: dict[int, str] | None = None,
     status_code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
+    rows = queries.flags_with_patients(db_session)
     return render(
         rt,
         "flags.html",
         staff=staff,
         db_session=db_session,
         status_code=status_code,
-        flags=queries.flags_with_patients(db_session),
+        flags=rows,
         zone=ZoneInfo(rt.settings.default_timezone),
+        callers=queries.staff_names(db_session, [r.flag.acknowledged_by_id for r in rows]),
         message=message,
         problem=problem,
         errors=errors or {},

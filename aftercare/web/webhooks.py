@@ -9,6 +9,7 @@ the answer goes back, so a retried webhook finds what the first one stored.
 from __future__ import annotations
 
 import logging
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
@@ -66,6 +67,7 @@ def inbound_sms(params: TwilioParams, rt: RuntimeDep) -> Response:
         clinic_phone=settings.clinic_phone,
         triage=rt.triage,
         regimens=rt.registry,
+        next_open=settings.hours.phrase(rt.clock.now(), ZoneInfo(settings.default_timezone)),
     )
     with rt.db.session() as db_session:
         received = receive_sms(

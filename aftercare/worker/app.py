@@ -10,7 +10,9 @@ from celery.signals import before_task_publish, setup_logging
 
 from aftercare.worker.celeryconfig import LazyConfig
 
-app = Celery("aftercare", set_as_current=False, include=["aftercare.worker.tasks"])
+app = Celery(
+    "aftercare", set_as_current=False, include=["aftercare.worker.tasks", "aftercare.worker.paging"]
+)
 app.config_from_object(LazyConfig())
 
 MAX_ETA = timedelta(minutes=1)

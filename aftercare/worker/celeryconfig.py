@@ -48,12 +48,20 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             "aftercare.retention": {"queue": DISPATCH_QUEUE},
             "aftercare.silence": {"queue": DISPATCH_QUEUE},
             "aftercare.send": {"queue": SEND_QUEUE},
+            "aftercare.paging": {"queue": DISPATCH_QUEUE},
+            "aftercare.page": {"queue": SEND_QUEUE},
         },
         "beat_schedule": {
             "dispatch-due-reminders": {
                 "task": "aftercare.dispatch",
                 "schedule": settings.dispatch_interval,
                 # A dispatch request that waited out several intervals is pointless.
+                "options": {"expires": max(settings.dispatch_interval * 5, 10.0)},
+            },
+            # Pages to on-call staff: sent, escalated and recovered (aftercare/oncall).
+            "page-on-call": {
+                "task": "aftercare.paging",
+                "schedule": settings.dispatch_interval,
                 "options": {"expires": max(settings.dispatch_interval * 5, 10.0)},
             },
             "recover-stuck-reminders": {
