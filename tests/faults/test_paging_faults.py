@@ -23,7 +23,7 @@ from tests.faults.conftest import Recorder
 from tests.faults.harness import PAST_STALE, Fleet, trace
 from tests.faults.report import tally
 from tests.stacks import TREATED, Stack
-from tests.test_pages import add_staff
+from tests.web.test_pages import add_staff
 
 pytestmark = pytest.mark.e2e
 

@@ -24,10 +24,10 @@ from aftercare.web.app import create_app
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
 from tests.fakes.twilio import AUTH_TOKEN, FakeTwilio
 from tests.faults.harness import PUBLIC_URL, twilio_env, wait_for
+from tests.inbound.test_inbound import FakeTwilio as Webhooks
 from tests.stacks import TREATED, Stack, start_aftercare
-from tests.test_inbound import FakeTwilio as Webhooks
-from tests.test_pages import CSRF, log_in
-from tests.test_pages import add_staff as add_page_staff
+from tests.web.test_pages import CSRF, log_in
+from tests.web.test_pages import add_staff as add_page_staff
 
 pytestmark = pytest.mark.e2e
 

@@ -30,9 +30,9 @@ from aftercare.storage.models import AuditEvent, Flag, InboundMessage, Page, Sta
 from aftercare.web.app import create_app
 from aftercare.worker.paging import page_deps
 from tests.factories import PATIENT_NAME, PATIENT_PHONE, enrol
-from tests.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio, assert_twiml, flags
-from tests.test_pages import CSRF, log_in
-from tests.test_pages import add_staff as add_page_staff
+from tests.inbound.test_inbound import AUTH_TOKEN, PUBLIC, FakeTwilio, assert_twiml, flags
+from tests.web.test_pages import CSRF, log_in
+from tests.web.test_pages import add_staff as add_page_staff
 
 FIRST, SECOND, BOSS = "first@example.org", "second@example.org", "boss@example.org"
 FIRST_PHONE, SECOND_PHONE = "+447911000111", "+447911000222"
