@@ -15,7 +15,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from twilio.twiml.messaging_response import MessagingResponse
 
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.reminders.status import apply_status
 from aftercare.sessions.validation import without_bidi_controls
 from aftercare.web import twilio_params

@@ -26,7 +26,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import func, select
 
 from aftercare.clock import FixedClock
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
 from aftercare.reminders.status import apply_status

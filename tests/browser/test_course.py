@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from aftercare.clock import FixedClock
 from aftercare.flags.service import raise_flag
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
 from aftercare.storage.models import Patient, Reminder, TreatmentSession

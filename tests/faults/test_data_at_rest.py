@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 
 from aftercare.flags import resolution
 from aftercare.flags.service import raise_flag
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.patients import retention
 from aftercare.runtime import Runtime, set_runtime
 from aftercare.storage.migrate import upgrade

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from aftercare.clock import FixedClock
-from aftercare.inbound.service import FALLBACK_SAFETY_ADVICE, Replies
+from aftercare.inbound.replies import FALLBACK_SAFETY_ADVICE, Replies
 from aftercare.messages.context import SAMPLE_CLINIC_NAME, SAMPLE_CLINIC_PHONE
 from aftercare.messages.gsm import sms_encoding
 from aftercare.messages.render import MessageRenderer

@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from aftercare.cli.checks import run_checks
 from aftercare.clock import FixedClock
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.messages.calendar import sample_calendar
 from aftercare.messages.context import context_keys, sample_context
 from aftercare.messages.render import MessageRenderer

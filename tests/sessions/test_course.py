@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 
 from aftercare.clock import FixedClock
 from aftercare.flags.service import raise_flag
-from aftercare.inbound.service import Replies, receive_sms
+from aftercare.inbound.replies import Replies
+from aftercare.inbound.service import receive_sms
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions, course, enrolment, import_store, importer
