@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy aftercare
+	$(BIN)/lint-imports
 	$(BIN)/bandit -q -r aftercare -ll
 	$(BIN)/aftercare check
 
@@ -46,4 +47,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -22,7 +22,7 @@ from aftercare.sessions.validation import ValidationFailed, clean_timezone
 
 
 def _fail(message: str) -> NoReturn:
-    """Bad input: one line on stderr, exit code 2, nothing changed (as ``main.fail``)."""
+    """Bad input: one line on stderr, exit code 2, nothing changed (as ``common.fail``)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 

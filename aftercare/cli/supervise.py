@@ -196,8 +196,7 @@ def run_all(rt: Runtime, *, host: str, port: int) -> int:
     from aftercare.ops.logs import configure_logging
     from aftercare.private import private_dir
     from aftercare.storage.migrate import SchemaOutdated, ensure_schema
-    from aftercare.web.app import create_app
-    from aftercare.web.server import warm_triage
+    from aftercare.web.server import create_app, warm_triage
 
     private_dir(rt.settings.data_dir)
     try:

@@ -1,4 +1,10 @@
-"""The FastAPI application factory: each area of the web face is its own router module."""
+"""The FastAPI application factory: each area of the web face is its own router.
+
+``api/`` is the JSON API, ``pages/`` the staff pages, ``webhooks/`` what Twilio calls back;
+``health``, ``metrics`` and ``unsubscribe`` are single routers. Nothing in the web face imports
+this module (the shared dependencies live in ``deps``), so the routers are imported here at the
+top and the web face has no import cycle.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from aftercare import __version__
-from aftercare.runtime import Runtime, get_runtime
+from aftercare.runtime import Runtime
 from aftercare.settings import get_settings
+from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
+from aftercare.web.access_log import AccessLog, detach_uvicorn_access_log
+from aftercare.web.api.guard import BearerFirst, NoStore
+from aftercare.web.client_address import TrustedProxies
 
 
 class AftercareApp(FastAPI):
@@ -15,18 +25,11 @@ class AftercareApp(FastAPI):
     Starlette's error middleware so that it covers an unhandled 500 too."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        from aftercare.web.api_guard import NoStore
-
         return NoStore(super().build_middleware_stack())
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the app. ``runtime`` defaults to the process-wide one (read on first request)."""
-    from aftercare.web import api, health, metrics, pages, unsubscribe, webhooks
-    from aftercare.web.access_log import AccessLog, detach_uvicorn_access_log
-    from aftercare.web.api_guard import BearerFirst
-    from aftercare.web.client_address import TrustedProxies
-
     settings = runtime.settings if runtime is not None else get_settings()
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, unpinned and
     # without integrity hashes, on the origin of the staff pages. /openapi.json stays
@@ -52,8 +55,3 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(pages.router)
     pages.mount_static(app)
     return app
-
-
-def app_runtime(app: FastAPI) -> Runtime:
-    override: Runtime | None = app.state.runtime_override
-    return override or get_runtime()

@@ -15,7 +15,7 @@ from typing import Any, cast
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from aftercare.web.app import app_runtime
+from aftercare.web.deps import app_runtime
 
 
 class TrustedProxies:

@@ -18,6 +18,10 @@ from aftercare.runtime import get_runtime
 from aftercare.triage.verdict import Triager
 from aftercare.web.app import create_app
 
+# create_app too: `aftercare run` (aftercare.cli.supervise) serves the app in its own process,
+# and this module is the one way into the web face from outside it.
+__all__ = ["create_app", "create_served_app", "warm_triage"]
+
 
 def create_served_app() -> FastAPI:
     """The app for uvicorn's ``--factory``, called once uvicorn has set up its loggers."""

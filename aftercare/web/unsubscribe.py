@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 
 from aftercare.patients.unsubscribe import patient_for_token, unsubscribe_email
 from aftercare.runtime import Runtime
-from aftercare.web.deps import RuntimeDep, SessionDep
+from aftercare.web.deps import DbSession, RuntimeDep
 
 router = APIRouter(tags=["unsubscribe"])
 
@@ -58,7 +58,7 @@ def _not_found(rt: Runtime) -> HTMLResponse:
 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
-def confirm(token: str, rt: RuntimeDep, db_session: SessionDep) -> HTMLResponse:
+def confirm(token: str, rt: RuntimeDep, db_session: DbSession) -> HTMLResponse:
     """Ask the patient to confirm; changes nothing."""
     secret = rt.settings.effective_secret_key()
     patient = patient_for_token(db_session=db_session, token=token, secret=secret)
@@ -70,7 +70,7 @@ def confirm(token: str, rt: RuntimeDep, db_session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/unsubscribe/{token}", response_class=HTMLResponse)
-def unsubscribe(token: str, rt: RuntimeDep, db_session: SessionDep) -> HTMLResponse:
+def unsubscribe(token: str, rt: RuntimeDep, db_session: DbSession) -> HTMLResponse:
     """Stop email to the patient the token names (idempotent)."""
     secret = rt.settings.effective_secret_key()
     patient = patient_for_token(db_session=db_session, token=token, secret=secret)

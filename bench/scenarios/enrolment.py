@@ -366,7 +366,7 @@ def run(bench: Bench) -> list[Row]:
     sqlite_url = f"sqlite:///{sqlite_path}"
     upgrade(sqlite_url)
     sqlite_rt = Runtime(bench.settings(database_url=sqlite_url))
-    has_api = _available("aftercare.web.api_sessions")
+    has_api = _available("aftercare.web.api.sessions")
     with ExitStack() as stack:
         apis: dict[str, tuple[str, str]] = {}
         api_note = "" if has_api else "n/a: not built"

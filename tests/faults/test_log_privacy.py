@@ -31,7 +31,7 @@ from aftercare.security import sign
 from aftercare.settings import Settings
 from aftercare.storage.migrate import upgrade
 from aftercare.storage.models import Patient
-from aftercare.web import web_auth
+from aftercare.web.pages import auth as web_auth
 from tests.conftest import REPO, TEST_SECRET
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, enrol
 from tests.web.test_api import add_staff

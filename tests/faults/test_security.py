@@ -47,8 +47,8 @@ from aftercare.security import sign
 from aftercare.settings import Settings
 from aftercare.staff.service import disable_staff, issue_token, revoke_tokens
 from aftercare.storage.models import DeliveryAttempt, InboundMessage, Patient, Reminder, StaffUser
-from aftercare.web import web_auth
 from aftercare.web.app import create_app
+from aftercare.web.pages import auth as web_auth
 from tests.channels.test_smtp import Accounts, LoopbackServer, Recorder
 from tests.conftest import REPO, TEST_SECRET, _truncate
 from tests.fakes.twilio import ACCOUNT_SID, FakeTwilio

@@ -34,8 +34,8 @@ from aftercare.regimens.model import ParameterError
 from aftercare.runtime import Runtime
 from aftercare.security import sign
 from aftercare.storage.models import Patient
-from aftercare.web import web_auth
 from aftercare.web.app import create_app
+from aftercare.web.pages import auth as web_auth
 from tests.conftest import REPO
 from tests.factories import enrol
 from tests.web.test_api import add_staff as api_staff

@@ -26,7 +26,7 @@ from aftercare.runtime import Runtime
 from aftercare.staff import service
 from aftercare.storage.models import LoginThrottle, Patient, Reminder, TreatmentSession
 from aftercare.web.app import create_app
-from aftercare.web.pages_auth import LOGIN_MAX_BODY
+from aftercare.web.pages.login import LOGIN_MAX_BODY
 from tests.conftest import _truncate, make_settings
 from tests.live_server import Live, serve
 from tests.web.test_api import SESSION_BODY

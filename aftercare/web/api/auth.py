@@ -7,16 +7,14 @@ route: 403.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
 from aftercare.staff.service import staff_for_token
 from aftercare.storage.models import StaffUser
-from aftercare.web.deps import RuntimeDep
+from aftercare.web.deps import DbSession, RuntimeDep
 
 _bearer = HTTPBearer(auto_error=False, description="A staff member's API token.")
 MISSING_TOKEN = "an API token is required (Authorization: Bearer <token>)"  # noqa: S105 - a message
@@ -28,19 +26,6 @@ def bearer_token(authorization: str) -> str | None:
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
-
-
-def api_db_session(rt: RuntimeDep) -> Iterator[Session]:
-    """A database session committed when the handler returns, before the response is sent.
-
-    Scoped to the handler ("function"), so a failed commit is a 500, never a 201 for data that
-    was rolled back, and a client's next request always sees what this one wrote.
-    """
-    with rt.db.session() as session:
-        yield session
-
-
-DbSession = Annotated[Session, Depends(api_db_session, scope="function")]
 
 
 def current_staff(

@@ -22,14 +22,13 @@ from aftercare.sessions import actions
 from aftercare.sessions.course import OUTCOME_LABELS
 from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.models import Patient
-from aftercare.web import pages_queries as queries
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, error_text, notice, redirect, render
-from aftercare.web.pages_regimen import typed_zone, zone_names
-from aftercare.web.pages_timeline import session_view, still_to_come
-from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
-from aftercare.web.web_auth import field as text_field
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages import queries
+from aftercare.web.pages.auth import CheckedForm, PageStaff, StaffSession
+from aftercare.web.pages.auth import field as text_field
+from aftercare.web.pages.common import PageRoute, error_text, notice, redirect, render
+from aftercare.web.pages.regimen import typed_zone, zone_names
+from aftercare.web.pages.timeline import session_view, still_to_come
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

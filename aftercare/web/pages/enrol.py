@@ -30,11 +30,12 @@ from aftercare.runtime import Runtime
 from aftercare.sessions import enrolment
 from aftercare.sessions.service import SessionRequest, validate_request
 from aftercare.sessions.validation import FieldError, ValidationFailed
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import DATE_FORMAT, PageRoute, error_text, redirect, render
-from aftercare.web.pages_course import CourseView, course_view, matches_to_confirm, prefill
-from aftercare.web.pages_enrol_form import (
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages.auth import CheckedForm, PageStaff, StaffSession
+from aftercare.web.pages.auth import field as text_field
+from aftercare.web.pages.common import DATE_FORMAT, PageRoute, error_text, redirect, render
+from aftercare.web.pages.course import CourseView, course_view, matches_to_confirm, prefill
+from aftercare.web.pages.enrol_form import (
     CONTRAINDICATIONS,
     INSTEAD,
     LABELS,
@@ -48,10 +49,8 @@ from aftercare.web.pages_enrol_form import (
     param_ids,
     session_request,
 )
-from aftercare.web.pages_preview import MessageText, message_texts
-from aftercare.web.pages_regimen import param_fields, preview_rows, zone_names
-from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession
-from aftercare.web.web_auth import field as text_field
+from aftercare.web.pages.preview import MessageText, message_texts
+from aftercare.web.pages.regimen import param_fields, preview_rows, zone_names
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

@@ -13,11 +13,10 @@ from fastapi.responses import HTMLResponse
 from aftercare.runtime import Runtime
 from aftercare.staff import throttle
 from aftercare.staff.service import HashingBusy, check_login
-from aftercare.web import web_auth
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, notice, redirect, render, safe_next
-from aftercare.web.web_auth import CheckedForm, FormDep, MaybeStaff, field
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages import auth
+from aftercare.web.pages.auth import CheckedForm, FormDep, MaybeStaff, field
+from aftercare.web.pages.common import PageRoute, notice, redirect, render, safe_next
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -46,12 +45,12 @@ def _login_page(
         error=error,
         message=message,
     )
-    web_auth.set_cookie(
+    auth.set_cookie(
         response,
-        web_auth.LOGIN_COOKIE,
+        auth.LOGIN_COOKIE,
         token,
-        max_age=web_auth.LOGIN_FORM_LIFETIME,
-        secure=web_auth.cookie_secure(rt.settings),
+        max_age=auth.LOGIN_FORM_LIFETIME,
+        secure=auth.cookie_secure(rt.settings),
     )
     return response
 
@@ -94,8 +93,8 @@ def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep
     def page(error: str, status_code: int) -> HTMLResponse:
         return _login_page(rt, next_url=next_url, email=email, error=error, status_code=status_code)
 
-    if not web_auth.same(
-        field(form, web_auth.CSRF_FIELD, limit=200), request.cookies.get(web_auth.LOGIN_COOKIE, "")
+    if not auth.same(
+        field(form, auth.CSRF_FIELD, limit=200), request.cookies.get(auth.LOGIN_COOKIE, "")
     ):
         return page("The login form had expired. Please try again.", status.HTTP_403_FORBIDDEN)
     # The guess is counted, and committed, before the password is checked: see staff.throttle.
@@ -104,7 +103,7 @@ def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep
     try:
         with rt.db.session() as counting:
             guess = throttle.reserve(
-                db_session=counting, email=email, client=web_auth.client_of(request), now=now
+                db_session=counting, email=email, client=auth.client_of(request), now=now
             )
     except throttle.Refused as refused:
         return page(locked_message(refused.until, now), status.HTTP_429_TOO_MANY_REQUESTS)
@@ -124,30 +123,24 @@ def login(request: Request, rt: RuntimeDep, db_session: DbSession, form: FormDep
         return page(WRONG, status.HTTP_401_UNAUTHORIZED)
     # The request's own transaction starts here, after the password check.
     throttle.give_back(db_session=db_session, guess=guess, right=True)
-    secure = web_auth.cookie_secure(rt.settings)
-    web_auth.end_session(
-        db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
-    )
-    token, _ = web_auth.start_session(db_session=db_session, staff_id=staff_id, now=now)
+    secure = auth.cookie_secure(rt.settings)
+    auth.end_session(db_session=db_session, token=request.cookies.get(auth.SESSION_COOKIE, ""))
+    token, _ = auth.start_session(db_session=db_session, staff_id=staff_id, now=now)
     response = redirect(next_url)
-    web_auth.set_cookie(
+    auth.set_cookie(
         response,
-        web_auth.SESSION_COOKIE,
+        auth.SESSION_COOKIE,
         token,
-        max_age=web_auth.SESSION_LIFETIME,
+        max_age=auth.SESSION_LIFETIME,
         secure=secure,
     )
-    web_auth.clear_cookie(response, web_auth.LOGIN_COOKIE, secure=secure)
+    auth.clear_cookie(response, auth.LOGIN_COOKIE, secure=secure)
     return response
 
 
 @router.post("/logout")
 def logout(request: Request, rt: RuntimeDep, db_session: DbSession, form: CheckedForm) -> Response:
-    web_auth.end_session(
-        db_session=db_session, token=request.cookies.get(web_auth.SESSION_COOKIE, "")
-    )
+    auth.end_session(db_session=db_session, token=request.cookies.get(auth.SESSION_COOKIE, ""))
     response = redirect("/login?done=logged_out")
-    web_auth.clear_cookie(
-        response, web_auth.SESSION_COOKIE, secure=web_auth.cookie_secure(rt.settings)
-    )
+    auth.clear_cookie(response, auth.SESSION_COOKIE, secure=auth.cookie_secure(rt.settings))
     return response

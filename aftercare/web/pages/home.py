@@ -19,11 +19,10 @@ from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions.course import OUTCOME_LABELS
 from aftercare.sessions.validation import ValidationFailed, clean_phone
-from aftercare.web import pages_queries as queries
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, notice, redirect, render, safe_next
-from aftercare.web.web_auth import CheckedForm, PageAdmin, PageStaff, field
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages import queries
+from aftercare.web.pages.auth import CheckedForm, PageAdmin, PageStaff, field
+from aftercare.web.pages.common import PageRoute, notice, redirect, render, safe_next
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

@@ -15,8 +15,8 @@ from aftercare.runtime import Runtime
 from aftercare.sessions import course
 from aftercare.sessions.validation import ValidationFailed, clean_email, clean_name, clean_phone
 from aftercare.storage.models import Flag, Patient
-from aftercare.web.pages_common import day_month
-from aftercare.web.pages_enrol_form import EnrolForm
+from aftercare.web.pages.common import day_month
+from aftercare.web.pages.enrol_form import EnrolForm
 
 
 @dataclass

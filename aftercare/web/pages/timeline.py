@@ -15,8 +15,8 @@ from aftercare.regimens.model import Regimen
 from aftercare.reminders import states
 from aftercare.sessions import actions
 from aftercare.storage.models import DeliveryAttempt, InboundMessage, Reminder, TreatmentSession
-from aftercare.web.pages_common import short_when
-from aftercare.web.pages_regimen import param_summary, step_title
+from aftercare.web.pages.common import short_when
+from aftercare.web.pages.regimen import param_summary, step_title
 
 # Not yet handed to a provider: shown as still to come.
 WAITING: Final = frozenset({states.SCHEDULED, states.QUEUED, states.PAUSED})

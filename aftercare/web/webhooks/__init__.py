@@ -2,7 +2,7 @@
 
 Each route verifies the signature first (403, nothing stored, otherwise), then checks that every
 parameter is one Twilio sends, in Twilio's shape (400, nothing stored, otherwise: see
-twilio_params), then hands them to a service and answers TwiML. The transaction commits before
+``params``), then hands them to a service and answers TwiML. The transaction commits before
 the answer goes back, so a retried webhook finds what the first one stored.
 """
 
@@ -19,10 +19,10 @@ from aftercare.inbound.replies import Replies
 from aftercare.inbound.service import receive_sms
 from aftercare.reminders.status import apply_status
 from aftercare.sessions.validation import without_bidi_controls
-from aftercare.web import twilio_params
 from aftercare.web.deps import RuntimeDep
-from aftercare.web.twilio_params import ParamError
-from aftercare.web.twilio_signature import TwilioParams
+from aftercare.web.webhooks import params as twilio_params
+from aftercare.web.webhooks.params import ParamError
+from aftercare.web.webhooks.signature import TwilioParams
 
 log = logging.getLogger(__name__)
 

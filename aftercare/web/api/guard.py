@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aftercare.runtime import Runtime
-from aftercare.web.app import app_runtime
-from aftercare.web.auth import INVALID_TOKEN, MISSING_TOKEN, bearer_token
+from aftercare.web.api.auth import INVALID_TOKEN, MISSING_TOKEN, bearer_token
+from aftercare.web.deps import app_runtime
 
 API_PREFIX = "/api/v1"
 

@@ -23,8 +23,7 @@ from starlette.datastructures import FormData
 
 from aftercare.settings import Settings
 from aftercare.storage.models import StaffUser, WebSession
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
+from aftercare.web.deps import DbSession, RuntimeDep
 
 SESSION_COOKIE: Final = "aftercare_session"
 LOGIN_COOKIE: Final = "aftercare_login"

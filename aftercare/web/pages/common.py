@@ -27,8 +27,8 @@ from aftercare.errors import NotFound
 from aftercare.runtime import Runtime
 from aftercare.sessions.validation import FieldError, without_bidi_controls
 from aftercare.storage.models import Flag
-from aftercare.web.app import app_runtime
-from aftercare.web.web_auth import AdminRequired, CsrfFailed, LoginRequired, StaffSession
+from aftercare.web.deps import app_runtime
+from aftercare.web.pages.auth import AdminRequired, CsrfFailed, LoginRequired, StaffSession
 
 # Staff pages show patient data: never cached, never framed, no third-party anything.
 HEADERS: Final = {

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aftercare.errors import Conflict, NotFound
 from aftercare.sessions.validation import FieldError, ValidationFailed
-from aftercare.web.schemas import ErrorOut, ValidationErrorOut
+from aftercare.web.api.schemas import ErrorOut, ValidationErrorOut
 
 
 def field_errors(errors: Iterable[FieldError], *, prefix: Sequence[str | int]) -> HTTPException:

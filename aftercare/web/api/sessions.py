@@ -13,10 +13,9 @@ from aftercare.sessions import actions, enrolment
 from aftercare.sessions.service import SessionRequest
 from aftercare.sessions.validation import FieldError, ValidationFailed, clean_instant
 from aftercare.storage.models import DeliveryAttempt, Reminder, TreatmentSession
-from aftercare.web.api_errors import ApiRoute, field_errors, responses
-from aftercare.web.auth import CurrentStaff, DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.schemas import (
+from aftercare.web.api.auth import CurrentStaff
+from aftercare.web.api.errors import ApiRoute, field_errors, responses
+from aftercare.web.api.schemas import (
     AttemptOut,
     PlannedReminderOut,
     ReminderOut,
@@ -27,6 +26,7 @@ from aftercare.web.schemas import (
     iso,
     iso_or_none,
 )
+from aftercare.web.deps import DbSession, RuntimeDep
 
 router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=ApiRoute)
 

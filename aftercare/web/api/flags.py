@@ -10,10 +10,10 @@ from aftercare.audit import service as audit
 from aftercare.flags import resolution
 from aftercare.flags.service import open_flags
 from aftercare.storage.models import Flag
-from aftercare.web.api_errors import ApiRoute, responses
-from aftercare.web.auth import AdminStaff, CurrentStaff, DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.schemas import AuditEventOut, FlagOut, FlagResolvedOut, ResolveIn, iso
+from aftercare.web.api.auth import AdminStaff, CurrentStaff
+from aftercare.web.api.errors import ApiRoute, responses
+from aftercare.web.api.schemas import AuditEventOut, FlagOut, FlagResolvedOut, ResolveIn, iso
+from aftercare.web.deps import DbSession, RuntimeDep
 
 router = APIRouter(route_class=ApiRoute)
 

@@ -14,12 +14,11 @@ from aftercare.runtime import Runtime
 from aftercare.staff import throttle
 from aftercare.staff.service import MIN_PASSWORD_LENGTH, HashingBusy, StaffError, WrongPassword
 from aftercare.staff.service import change_own_password as change_password
-from aftercare.web import web_auth
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_auth import BUSY, locked_message
-from aftercare.web.pages_common import PageRoute, notice, redirect, render
-from aftercare.web.web_auth import CheckedForm, PageStaff, StaffSession, field
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages import auth
+from aftercare.web.pages.auth import CheckedForm, PageStaff, StaffSession, field
+from aftercare.web.pages.common import PageRoute, notice, redirect, render
+from aftercare.web.pages.login import BUSY, locked_message
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -72,7 +71,7 @@ def change_own_password(
             guess = throttle.reserve(
                 db_session=db_session,
                 email=staff.user.email,
-                client=web_auth.client_of(request),
+                client=auth.client_of(request),
                 now=now,
             )
     except throttle.Refused as refused:
@@ -107,13 +106,13 @@ def change_own_password(
         )
     throttle.give_back(db_session=db_session, guess=guess, right=True)
     # Every session of the account has ended, this one too: carry on in a new one.
-    token, _ = web_auth.start_session(db_session=db_session, staff_id=staff.user.id, now=now)
+    token, _ = auth.start_session(db_session=db_session, staff_id=staff.user.id, now=now)
     response = redirect(f"{PATH}?done=password_changed")
-    web_auth.set_cookie(
+    auth.set_cookie(
         response,
-        web_auth.SESSION_COOKIE,
+        auth.SESSION_COOKIE,
         token,
-        max_age=web_auth.SESSION_LIFETIME,
-        secure=web_auth.cookie_secure(rt.settings),
+        max_age=auth.SESSION_LIFETIME,
+        secure=auth.cookie_secure(rt.settings),
     )
     return response

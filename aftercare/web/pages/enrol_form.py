@@ -4,10 +4,10 @@ fields that decide the timeline (pure: nothing is stored)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Final
+from typing import Final, TypeVar
 from zoneinfo import ZoneInfo
 
 from starlette.datastructures import FormData
@@ -23,8 +23,8 @@ from aftercare.sessions.validation import (
     clean_channels,
     clean_timezone,
 )
-from aftercare.web.pages_regimen import typed_zone
-from aftercare.web.web_auth import field as text_field
+from aftercare.web.pages.auth import field as text_field
+from aftercare.web.pages.regimen import typed_zone
 
 CONTRAINDICATIONS: Final = (
     ("no-dvt", "No history of deep vein thrombosis (DVT) or pulmonary embolism"),
@@ -52,6 +52,8 @@ INSTEAD: Final = {
         "This may be a patient you already know: choose them below, or choose a new patient"
     ),
 }
+_T = TypeVar("_T")
+
 # A row id as a form sends it (at most 2**31 - 1).
 _ID: Final = re.compile(r"[1-9][0-9]{0,8}")
 # The form's fields top to bottom ("param-" stands for each regimen parameter): the error
@@ -189,33 +191,10 @@ def check_timing(
     """Check the fields that decide the timeline and plan it (pure: nothing is stored)."""
     errors: list[FieldError] = []
     checked = Checked(errors)
-    zone = channels = None
-    try:
-        zone = clean_timezone(values.timezone, ("patient", "timezone"))
-    except ValidationFailed as exc:
-        errors.extend(exc.errors)
-    try:
-        channels = clean_channels(values.channels, ("patient", "channels"))
-    except ValidationFailed as exc:
-        errors.extend(exc.errors)
-    day, at = _parse_date(values.treated_date), _parse_time(values.treated_time)
-    if day is None or at is None:
-        errors.append(FieldError(("treated_at",), "needs a date and a time, e.g. 02/03/2026 10:30"))
-    elif zone is not None:
-        # The wall time in the patient's zone; a time in a DST gap moves forward, as clocks do.
-        checked.treated_at = datetime.combine(day, at, tzinfo=ZoneInfo(zone))
-        if checked.treated_at > now + MAX_FUTURE:
-            errors.append(FieldError(("treated_at",), "is more than a day in the future"))
-    try:
-        checked.regimen = rt.registry.get(values.regimen)
-    except KeyError:
-        errors.append(FieldError(("regimen",), "choose a treatment"))
-    parameters: dict[str, int | str] = {}
-    if checked.regimen is not None:
-        try:
-            parameters = checked.regimen.resolve_parameters(dict(values.parameters))
-        except ParameterError as exc:
-            errors.append(FieldError(("parameters", exc.name), exc.reason))
+    zone = _collect(errors, lambda: clean_timezone(values.timezone, ("patient", "timezone")))
+    channels = _collect(errors, lambda: clean_channels(values.channels, ("patient", "channels")))
+    checked.treated_at = _treated_at(values, zone, now, errors)
+    checked.regimen, parameters = _regimen(values, rt, errors)
     if errors or checked.regimen is None or checked.treated_at is None or not zone or not channels:
         return checked, []
     planned = plan(
@@ -235,6 +214,48 @@ def check_timing(
         )
         return checked, []
     return checked, planned
+
+
+def _collect(errors: list[FieldError], clean: Callable[[], _T]) -> _T | None:
+    """``clean()``'s value, or None with its errors added to ``errors``."""
+    try:
+        return clean()
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def _treated_at(
+    values: EnrolForm, zone: str | None, now: datetime, errors: list[FieldError]
+) -> datetime | None:
+    """The treatment instant typed on the form (None without a date, a time and a zone)."""
+    day, at = _parse_date(values.treated_date), _parse_time(values.treated_time)
+    if day is None or at is None:
+        errors.append(FieldError(("treated_at",), "needs a date and a time, e.g. 02/03/2026 10:30"))
+        return None
+    if zone is None:
+        return None
+    # The wall time in the patient's zone; a time in a DST gap moves forward, as clocks do.
+    treated_at = datetime.combine(day, at, tzinfo=ZoneInfo(zone))
+    if treated_at > now + MAX_FUTURE:
+        errors.append(FieldError(("treated_at",), "is more than a day in the future"))
+    return treated_at
+
+
+def _regimen(
+    values: EnrolForm, rt: Runtime, errors: list[FieldError]
+) -> tuple[Regimen | None, dict[str, int | str]]:
+    """The chosen regimen and its parameters (defaults filled in), or the errors why not."""
+    try:
+        regimen = rt.registry.get(values.regimen)
+    except KeyError:
+        errors.append(FieldError(("regimen",), "choose a treatment"))
+        return None, {}
+    try:
+        return regimen, regimen.resolve_parameters(dict(values.parameters))
+    except ParameterError as exc:
+        errors.append(FieldError(("parameters", exc.name), exc.reason))
+        return regimen, {}
 
 
 def session_request(values: EnrolForm, checked: Checked) -> SessionRequest:

@@ -12,11 +12,10 @@ from fastapi.responses import HTMLResponse
 from aftercare.oncall import rota as rota_service
 from aftercare.oncall.ack import acknowledge
 from aftercare.storage.models import Flag, StaffUser
-from aftercare.web import pages_queries as queries
-from aftercare.web.auth import DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.pages_common import PageRoute, redirect, render
-from aftercare.web.web_auth import CheckedForm, PageAdmin, PageStaff, field
+from aftercare.web.deps import DbSession, RuntimeDep
+from aftercare.web.pages import queries
+from aftercare.web.pages.auth import CheckedForm, PageAdmin, PageStaff, field
+from aftercare.web.pages.common import PageRoute, redirect, render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

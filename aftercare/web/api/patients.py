@@ -11,10 +11,10 @@ from starlette.background import BackgroundTask
 from aftercare.patients import forget
 from aftercare.patients import service as patient_service
 from aftercare.storage.models import Patient
-from aftercare.web.api_errors import ApiRoute, responses
-from aftercare.web.auth import CurrentStaff, DbSession
-from aftercare.web.deps import RuntimeDep
-from aftercare.web.schemas import PatientOut, PatientPatch, PatientSessionOut, iso, iso_or_none
+from aftercare.web.api.auth import CurrentStaff
+from aftercare.web.api.errors import ApiRoute, responses
+from aftercare.web.api.schemas import PatientOut, PatientPatch, PatientSessionOut, iso, iso_or_none
+from aftercare.web.deps import DbSession, RuntimeDep
 
 router = APIRouter(prefix="/patients", tags=["patients"], route_class=ApiRoute)
 
