@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     @field_validator("twilio_from")
     @classmethod
     def _twilio_senders(cls, value: str) -> str:
-        from aftercare.channels.senders import parse_senders
+        from aftercare.channels.twilio.senders import parse_senders
 
         parse_senders(value)  # a list must hold E.164 numbers only; names a bad entry
         return value

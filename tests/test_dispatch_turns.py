@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from aftercare.channels.senders import pick_sender
+from aftercare.channels.twilio.senders import pick_sender
 from aftercare.reminders import dispatch, states
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings

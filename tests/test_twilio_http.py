@@ -24,11 +24,11 @@ import requests
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from aftercare.channels import twilio_http
 from aftercare.channels.base import SmsMessage, TransportError
-from aftercare.channels.ratelimit import LocalRateLimiter
-from aftercare.channels.twilio_http import LeanHttpClient
-from aftercare.channels.twilio_sms import Timeouts, TwilioTransport
+from aftercare.channels.twilio import http as twilio_http
+from aftercare.channels.twilio.http import LeanHttpClient
+from aftercare.channels.twilio.ratelimit import LocalRateLimiter
+from aftercare.channels.twilio.transport import Timeouts, TwilioTransport
 from tests.factories import PATIENT_PHONE
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from tests.tcp_proxy import TcpProxy

@@ -17,7 +17,7 @@ def build_transport(channel: str, settings: Settings) -> Transport:
             return OutboxTransport("sms", settings.outbox_dir)
         if sms == "twilio":
             # Imported here: the twilio client is only loaded by processes that send SMS.
-            from aftercare.channels.twilio_sms import TwilioTransport
+            from aftercare.channels.twilio.transport import TwilioTransport
 
             return TwilioTransport.from_settings(settings)
         raise ValueError(f"SMS transport {sms!r} is not available yet")
@@ -28,7 +28,7 @@ def build_transport(channel: str, settings: Settings) -> Transport:
         if email == "outbox":
             return OutboxTransport("email", settings.outbox_dir, sender=settings.email_from)
         if email == "smtp":
-            from aftercare.channels.smtp_email import SmtpTransport
+            from aftercare.channels.smtp.transport import SmtpTransport
 
             return SmtpTransport.from_url(settings.smtp_url, sender=settings.email_from)
         raise ValueError(f"email transport {email!r} is not available yet")
@@ -47,7 +47,7 @@ def check_channel_settings(settings: Settings) -> list[str]:
     """
     faults: list[str] = []
     if settings.sms_transport == "twilio":
-        from aftercare.channels.twilio_sms import missing_settings
+        from aftercare.channels.twilio.transport import missing_settings
 
         faults += [
             f"SMS transport twilio: {name} is not set" for name in missing_settings(settings)

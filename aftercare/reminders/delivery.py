@@ -35,7 +35,7 @@ from aftercare.channels.base import (
     Transport,
     TransportError,
 )
-from aftercare.channels.ratelimit import LEAD
+from aftercare.channels.twilio.ratelimit import LEAD
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.flags.service import raise_flag

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
-from aftercare.channels.senders import parse_senders, pick_sender
+from aftercare.channels.twilio.senders import parse_senders, pick_sender
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.reminders import states
@@ -103,7 +103,7 @@ def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
 def sender_turns(senders: tuple[str, ...]) -> Order:
     """The claim reordered so that each send batch holds an even share of every SMS sender's
     messages (see the module docstring). ``senders`` is the pool, as
-    :func:`~aftercare.channels.senders.pick_sender` takes it."""
+    :func:`~aftercare.channels.twilio.senders.pick_sender` takes it."""
 
     def order(db_session: Session, ids: list[int]) -> list[int]:
         sms: dict[int, str] = {}  # patient id -> phone, for patients with an SMS in the claim

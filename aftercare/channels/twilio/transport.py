@@ -14,7 +14,7 @@ Twilio's error text quotes the recipient's number; it is redacted from every Tra
 nothing here logs it. The twilio client's own request log (which prints list filters, i.e. the
 number) goes to a private logger that is never emitted.
 
-Under the twilio client, requests go through :mod:`aftercare.channels.twilio_http` (the stock
+Under the twilio client, requests go through :mod:`aftercare.channels.twilio.http` (the stock
 requests-based client cost ~0.6 ms of CPU per SMS), which says whether a failed request may
 have left; the stock client is kept only for proxies that layer does not speak.
 """
@@ -43,15 +43,15 @@ from aftercare.channels.base import (
     SmsMessage,
     TransportError,
 )
-from aftercare.channels.ratelimit import (
+from aftercare.channels.twilio.http import HttpFailure
+from aftercare.channels.twilio.ratelimit import (
     MISSED,
     RateLimiter,
     RateLimiterUnavailable,
     RateLimitTimeout,
     build_rate_limiter,
 )
-from aftercare.channels.senders import parse_senders, pick_sender
-from aftercare.channels.twilio_http import HttpFailure
+from aftercare.channels.twilio.senders import parse_senders, pick_sender
 
 if TYPE_CHECKING:
     from aftercare.settings import Settings
@@ -251,7 +251,7 @@ class TwilioTransport:
     def _http(self) -> Any:
         """This thread's HTTP layer: the lean one (twilio_http), unless the environment routes
         Twilio through a proxy only requests speaks (socks, TLS to the proxy)."""
-        from aftercare.channels import twilio_http
+        from aftercare.channels.twilio import http as twilio_http
 
         # A logger outside the logging tree: the client logs list filters (the number).
         quiet = logging.Logger("aftercare.twilio.http", logging.WARNING)
