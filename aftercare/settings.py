@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +46,28 @@ def _entries(value: str) -> list[str]:
 
 def _default_data_dir() -> Path:
     return Path.cwd() / "var"
+
+
+def parse_senders(value: str) -> tuple[str, ...]:
+    """``AFTERCARE_TWILIO_FROM``: one sender (a number or an alphanumeric ID, as Twilio takes it),
+    or a pool of E.164 numbers separated by commas. Raises ValueError naming a bad entry."""
+    if "," not in value:
+        return (value.strip(),) if value.strip() else ()
+    senders = tuple(part.strip() for part in value.split(","))
+    for position, sender in enumerate(senders, start=1):
+        if not sender:
+            raise ValueError(f"AFTERCARE_TWILIO_FROM: entry {position} of the list is empty")
+        if not _E164.fullmatch(sender):
+            raise ValueError(
+                f"AFTERCARE_TWILIO_FROM: entry {position} ({sender!r}) is not an E.164 number "
+                "such as +447700900123 (a list of senders holds numbers only)"
+            )
+        if sender in senders[: position - 1]:
+            raise ValueError(f"AFTERCARE_TWILIO_FROM: {sender} is listed twice")
+    return senders
+
+
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
 
 
 class Settings(BaseSettings):
@@ -153,8 +176,6 @@ class Settings(BaseSettings):
     @field_validator("twilio_from")
     @classmethod
     def _twilio_senders(cls, value: str) -> str:
-        from aftercare.channels.twilio.senders import parse_senders
-
         parse_senders(value)  # a list must hold E.164 numbers only; names a bad entry
         return value
 

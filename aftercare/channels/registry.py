@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aftercare.channels.base import Transport
 from aftercare.channels.console import ConsoleTransport
 from aftercare.channels.outbox import OutboxTransport
@@ -33,6 +35,17 @@ def build_transport(channel: str, settings: Settings) -> Transport:
             return SmtpTransport.from_url(settings.smtp_url, sender=settings.email_from)
         raise ValueError(f"email transport {email!r} is not available yet")
     raise ValueError(f"unknown channel {channel!r}")
+
+
+def pacing_key(settings: Settings, channel: str = "sms") -> Callable[[str], str] | None:
+    """The key the chosen transport paces a recipient's messages by, as its ``pacing_key`` would
+    give it, when it paces several keys apart (a pool of Twilio numbers); None when every
+    message shares one pace. The dispatcher spreads a claim over these keys."""
+    if channel == "sms" and settings.sms_transport == "twilio":
+        from aftercare.channels.twilio.senders import pacing_key as twilio_pacing_key
+
+        return twilio_pacing_key(settings)
+    return None
 
 
 # A channel-settings finding that is reported but does not fail ``aftercare check``.

@@ -1,39 +1,37 @@
-"""A lean HTTP layer for the ``twilio`` client: a ``twilio.http.HttpClient`` over ``http.client``.
+"""The HTTP layer under the ``twilio`` client: a small ``twilio.http.HttpClient`` over httpx.
 
-Why: the stock ``TwilioHttpClient`` goes through ``requests``, which per request re-reads the
-proxy variables from the whole environment (``merge_environment_settings``, twice over
-``os.environ``), rebuilds and re-merges the request, and writes headers and body in two socket
-writes; that was ~0.65 ms of CPU per SMS. Here each origin's proxy is resolved once (with
-requests' own rules, so ``HTTPS_PROXY``/``NO_PROXY`` mean what they meant), and a request is
-one write on a kept-alive connection.
-
-One client per thread (it holds one connection per origin and no lock). It never retries, never
-follows redirects and logs nothing (request URLs hold the recipient's number). A failure below
-HTTP is a :class:`HttpFailure` that says whether the request may have reached the server.
+httpx does the HTTP: one client per adapter keeps its connections alive and its proxy settings
+(``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY`` from the environment), verifies
+certificates, and decodes compressed or chunked answers. This module adds what twilio's
+interface and delivery need: the connect/read timeouts, requests' form encoding and CA-bundle
+variables (what the stock requests-based client honoured), no logging of URLs (a lookup's URL
+holds the recipient's number), and a :class:`HttpFailure` that says whether a failed request may
+have reached Twilio. It never retries and never follows redirects.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
+import logging
 import os
-import select
-import socket
 import ssl
+import threading
 import weakref
-import zlib
-from dataclasses import dataclass
 from logging import Logger
-from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
+import httpx
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
-# The proxy schemes this layer speaks; anything else (socks, a TLS proxy) keeps the stock client.
-SUPPORTED_PROXY_SCHEMES = frozenset({"http"})
+# The proxy schemes httpx speaks without extras; a SOCKS proxy keeps the stock client.
+SUPPORTED_PROXY_SCHEMES = frozenset({"http", "https"})
 _JSON_TYPES = ("application/json", "application/scim+json")
+# httpx logs every request's URL at INFO, httpcore its steps at DEBUG.
+_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.proxy")
+# The request never left: the connection, proxy tunnel or TLS handshake did not complete.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout)
 
 
 class HttpFailure(Exception):
@@ -46,25 +44,9 @@ class HttpFailure(Exception):
         self.sent = sent
 
 
-@dataclass(frozen=True)
-class Route:
-    """How to reach one origin: directly, or through an HTTP proxy (with its credentials)."""
-
-    scheme: str
-    host: str
-    port: int
-    proxy_host: str = ""
-    proxy_port: int = 0
-    proxy_auth: str = ""  # a ready Proxy-Authorization value, or ""
-
-    @property
-    def proxied(self) -> bool:
-        return bool(self.proxy_host)
-
-
 def proxy_for(url: str) -> str | None:
-    """The proxy requests would use for ``url`` from the environment (``*_PROXY``, ``NO_PROXY``),
-    with a scheme; ``None`` for a direct connection."""
+    """The proxy the environment names for ``url`` (``*_PROXY``, ``NO_PROXY``), with a scheme;
+    ``None`` for a direct connection."""
     from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
 
     proxy = select_proxy(url, get_environ_proxies(url))
@@ -72,28 +54,9 @@ def proxy_for(url: str) -> str | None:
 
 
 def supported(url: str) -> bool:
-    """True when this layer can reach ``url`` as requests would (no socks or TLS proxy)."""
+    """True when httpx can reach ``url`` as the environment says (no SOCKS proxy)."""
     proxy = proxy_for(url)
     return proxy is None or urlsplit(proxy).scheme in SUPPORTED_PROXY_SCHEMES
-
-
-def route_for(url: str) -> Route:
-    """Resolve ``url``'s origin and proxy once; raises ValueError for what cannot be reached."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {scheme or 'no scheme'}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    proxy = proxy_for(url)
-    if proxy is None:
-        return Route(scheme, parts.hostname, port)
-    pparts = urlsplit(proxy)
-    if pparts.scheme not in SUPPORTED_PROXY_SCHEMES or not pparts.hostname:
-        raise ValueError(f"unsupported proxy scheme: {pparts.scheme}")
-    auth = ""
-    if pparts.username is not None:
-        auth = basic_auth(unquote(pparts.username), unquote(pparts.password or ""))
-    return Route(scheme, parts.hostname, port, pparts.hostname, pparts.port or 80, auth)
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -111,58 +74,60 @@ def form_encode(data: dict[str, object]) -> str:
     return urlencode(pairs)
 
 
-class _OneWrite:
-    """Mixin for ``http.client`` connections: :meth:`send_request` hands the whole request
-    (request line, headers and body) to the socket in one write, not one per part."""
-
-    _pending: list[bytes] | None = None
-
-    def send(self, data: Any) -> None:
-        if self._pending is not None:
-            self._pending.append(bytes(data))
-        else:
-            super().send(data)  # type: ignore[misc]
-
-    def send_request(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
-    ) -> None:
-        self._pending = []
-        try:
-            self.request(method, target, body=body, headers=headers)  # type: ignore[attr-defined]
-            data = b"".join(self._pending)
-        finally:
-            self._pending = None
-        self.send(data)
+class _Sending(threading.local):
+    active = False
 
 
-class _Http(_OneWrite, http.client.HTTPConnection):
-    pass
+_sending = _Sending()
 
 
-class _Https(_OneWrite, http.client.HTTPSConnection):
-    pass
+class _NotWhileSending(logging.Filter):
+    """Drop httpx's and httpcore's records made while this thread sends through Twilio."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _sending.active
 
 
-def _dropped(sock: socket.socket) -> bool:
-    """An idle kept-alive socket with something to read has been closed (or is out of step)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+_QUIET = _NotWhileSending()
 
 
-class LeanHttpClient(HttpClient):  # type: ignore[misc]
-    """The twilio client's HTTP layer over ``http.client``; see the module docstring."""
+def _quieten() -> None:
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+
+
+def _verify() -> ssl.SSLContext | bool:
+    """requests' CA-bundle variables, if set; else httpx's own (certifi, ``SSL_CERT_FILE``)."""
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if not bundle:
+        return True
+    if os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
+
+
+class HttpxClient(HttpClient):  # type: ignore[misc]
+    """The twilio client's HTTP layer over one ``httpx.Client``; see the module docstring."""
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, logger: Logger) -> None:
         super().__init__(logger, False, read_timeout)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._routes: dict[tuple[str, str], Route] = {}
-        self._conns: dict[Route, _Http | _Https] = {}
+        _quieten()
+        self._client = httpx.Client(
+            # Connect and write under the connect timeout, the answer under the read timeout.
+            timeout=httpx.Timeout(connect_timeout, read=read_timeout),
+            verify=_verify(),
+            follow_redirects=False,
+            trust_env=True,
+            # As the stock client was answered: uncompressed, nothing to undo.
+            headers={"Accept-Encoding": "identity"},
+        )
         self._auth: dict[tuple[str, str], str] = {}
-        self._tls: ssl.SSLContext | None = None
-        # The thread that built it may end without closing it (as urllib3's pools do on GC).
-        weakref.finalize(self, _close_all, self._conns)
+        # The thread that built it may end without closing it.
+        weakref.finalize(self, self._client.close)
 
     def request(  # noqa: PLR0917 (twilio's HttpClient.request signature)
         self,
@@ -178,141 +143,41 @@ class LeanHttpClient(HttpClient):  # type: ignore[misc]
         """Send one request and read the whole answer (redirects are returned, not followed)."""
         if timeout is not None and timeout <= 0:
             raise ValueError(timeout)
-        method = method.upper()
-        connect, read = (
-            (self.connect_timeout, self.read_timeout) if timeout is None else (timeout, timeout)
-        )
-        parts = urlsplit(url)
-        try:
-            route = self._route(parts.scheme, parts.netloc, url)
-        except ValueError as exc:
-            raise HttpFailure(f"InvalidURL: {exc}", sent=False) from None
-        target = parts.path or "/"
-        query = parts.query
-        if params:
-            encoded = form_encode(params)
-            query = f"{query}&{encoded}" if query else encoded
-        if query:
-            target = f"{target}?{query}"
-        if route.proxied and route.scheme == "http":
-            # A plain-HTTP request through a proxy names the whole URL.
-            target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
         sent_headers = dict(headers or {})
-        content_type = sent_headers.get("Content-Type")
-        body: bytes | None
-        if data and content_type in _JSON_TYPES:
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{form_encode(params)}"
+        body: bytes | None = None
+        if data and sent_headers.get("Content-Type") in _JSON_TYPES:
             body = json.dumps(data, allow_nan=False).encode()
         elif data:
             body = form_encode(data).encode()
-        else:
-            body = None if method in ("GET", "HEAD") else b""
         if auth is not None:
             sent_headers["Authorization"] = self._basic(auth)
-        if route.proxied and route.scheme == "http" and route.proxy_auth:
-            sent_headers["Proxy-Authorization"] = route.proxy_auth
-        conn = self._connection(route, connect)
+        _sending.active = True
         try:
-            conn.sock.settimeout(connect)
-            conn.send_request(method, target, body, sent_headers)
-            conn.sock.settimeout(read)
-            answer = conn.getresponse()
-            raw = answer.read()
-        except TimeoutError:
-            self._discard(route)
-            raise HttpFailure("ReadTimeout", sent=True) from None
-        except (OSError, http.client.HTTPException) as exc:
-            self._discard(route)
+            answer = self._client.request(
+                method.upper(),
+                url,
+                content=body,
+                headers=sent_headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
+        except _NOT_SENT as exc:
+            raise HttpFailure(type(exc).__name__, sent=False) from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise HttpFailure(f"InvalidURL: {exc}", sent=False) from None
+        except httpx.HTTPError as exc:
             raise HttpFailure(type(exc).__name__, sent=True) from None
-        if answer.will_close:
-            self._discard(route)
-        return Response(answer.status, _text(answer, raw), answer.headers)
+        finally:
+            _sending.active = False
+        return Response(answer.status_code, answer.text, answer.headers)
 
     def close(self) -> None:
         """Close every kept-alive connection."""
-        _close_all(self._conns)
+        self._client.close()
 
     def _basic(self, auth: tuple[str, str]) -> str:
         value = self._auth.get(auth)
         if value is None:
             value = self._auth[auth] = basic_auth(*auth)
         return value
-
-    def _route(self, scheme: str, netloc: str, url: str) -> Route:
-        key = (scheme, netloc)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = route_for(url)
-        return route
-
-    def _connection(self, route: Route, connect_timeout: float) -> _Http | _Https:
-        """This origin's open connection, reused while the server keeps it, else a new one."""
-        conn = self._conns.get(route)
-        if conn is not None and conn.sock is not None and not _dropped(conn.sock):
-            return conn
-        self._discard(route)
-        conn = self._open(route, connect_timeout)
-        self._conns[route] = conn
-        return conn
-
-    def _open(self, route: Route, connect_timeout: float) -> _Http | _Https:
-        host, port = (
-            (route.proxy_host, route.proxy_port) if route.proxied else (route.host, route.port)
-        )
-        conn: _Http | _Https
-        if route.scheme == "https":
-            conn = _Https(host, port, timeout=connect_timeout, context=self._tls_context())
-            if route.proxied:
-                tunnel = {"Proxy-Authorization": route.proxy_auth} if route.proxy_auth else None
-                conn.set_tunnel(route.host, route.port, headers=tunnel)
-        else:
-            conn = _Http(host, port, timeout=connect_timeout)
-        try:
-            conn.connect()  # TCP, then the proxy tunnel and the TLS handshake: nothing sent yet
-            # Like urllib3: a request is one write, and nothing should wait for an ACK.
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except TimeoutError:
-            conn.close()
-            raise HttpFailure("ConnectTimeout", sent=False) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise HttpFailure(type(exc).__name__, sent=False) from None
-        return conn
-
-    def _discard(self, route: Route) -> None:
-        conn = self._conns.pop(route, None)
-        if conn is not None:
-            conn.close()
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            from urllib3.util import create_urllib3_context
-
-            # requests' certificate bundle, and its variables to replace it.
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if not bundle:
-                import certifi
-
-                bundle = certifi.where()
-            context = create_urllib3_context()
-            if os.path.isdir(bundle):
-                context.load_verify_locations(capath=bundle)
-            else:
-                context.load_verify_locations(cafile=bundle)
-            self._tls = context
-        return self._tls
-
-
-def _close_all(conns: dict[Route, _Http | _Https]) -> None:
-    while conns:
-        conns.popitem()[1].close()
-
-
-def _text(answer: http.client.HTTPResponse, raw: bytes) -> str:
-    """The body as text: undone if compressed anyway, decoded by its charset (else UTF-8)."""
-    if answer.getheader("Content-Encoding", "identity").lower() in ("gzip", "x-gzip", "deflate"):
-        raw = zlib.decompressobj(zlib.MAX_WBITS | 32).decompress(raw)
-    charset = answer.headers.get_content_charset() or "utf-8"
-    try:
-        return raw.decode(charset, errors="replace")
-    except LookupError:
-        return raw.decode("utf-8", errors="replace")

@@ -1,30 +1,24 @@
-"""``AFTERCARE_TWILIO_FROM``: one sender, or a pool of numbers (light: read by the settings)."""
+"""Which sender texts a number: one sender, or a pool of numbers (``AFTERCARE_TWILIO_FROM``).
+
+The sender is what Twilio paces (so many messages a second each): it is the transport's pacing
+key, and the dispatcher evens a claim out over it (:func:`pacing_key`). Parsing the setting is
+the settings' own job (:func:`aftercare.settings.parse_senders`).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
+from aftercare.settings import parse_senders
 
+if TYPE_CHECKING:
+    from aftercare.settings import Settings
 
-def parse_senders(value: str) -> tuple[str, ...]:
-    """``AFTERCARE_TWILIO_FROM``: one sender (a number or an alphanumeric ID, as Twilio takes it),
-    or a pool of E.164 numbers separated by commas. Raises ValueError naming a bad entry."""
-    if "," not in value:
-        return (value.strip(),) if value.strip() else ()
-    senders = tuple(part.strip() for part in value.split(","))
-    for position, sender in enumerate(senders, start=1):
-        if not sender:
-            raise ValueError(f"AFTERCARE_TWILIO_FROM: entry {position} of the list is empty")
-        if not _E164.fullmatch(sender):
-            raise ValueError(
-                f"AFTERCARE_TWILIO_FROM: entry {position} ({sender!r}) is not an E.164 number "
-                "such as +447700900123 (a list of senders holds numbers only)"
-            )
-        if sender in senders[: position - 1]:
-            raise ValueError(f"AFTERCARE_TWILIO_FROM: {sender} is listed twice")
-    return senders
+__all__ = ["SenderPool", "pacing_key", "parse_senders", "pick_sender"]
+# Numbers whose sender a pool remembers (a send asks twice: reserving its slot, then sending).
+_REMEMBERED = 10_000
 
 
 def pick_sender(senders: tuple[str, ...], to: str) -> str:
@@ -42,3 +36,45 @@ def pick_sender(senders: tuple[str, ...], to: str) -> str:
     return max(
         senders, key=lambda sender: hashlib.sha256(sender.encode("utf-8") + b"|" + key).digest()
     )
+
+
+class SenderPool:
+    """Where SMS go from: a Messaging Service (which picks among its own numbers), one sender,
+    or a pool of numbers with each patient always texted from the same one."""
+
+    def __init__(self, senders: tuple[str, ...], *, messaging_service_sid: str = "") -> None:
+        if not (senders or messaging_service_sid):
+            raise ValueError("a sender pool needs a sender or a Messaging Service")
+        self.senders = senders
+        self.messaging_service_sid = messaging_service_sid
+        self._picked: dict[str, str] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SenderPool:
+        """The pool the settings describe (a Messaging Service overrides 'From')."""
+        if settings.twilio_messaging_service_sid:
+            return cls((), messaging_service_sid=settings.twilio_messaging_service_sid)
+        return cls(parse_senders(settings.twilio_from))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key messages are paced by: the service, or the number(s)."""
+        return (self.messaging_service_sid,) if self.messaging_service_sid else self.senders
+
+    def key(self, to: str) -> str:
+        """The sender that texts ``to``, which its sends are paced by (hashed once a number)."""
+        if self.messaging_service_sid:
+            return self.messaging_service_sid
+        picked = self._picked.get(to)
+        if picked is None:
+            if len(self._picked) >= _REMEMBERED:
+                self._picked.clear()
+            picked = self._picked[to] = pick_sender(self.senders, to)
+        return picked
+
+
+def pacing_key(settings: Settings) -> Callable[[str], str] | None:
+    """Twilio's pacing key for a recipient's number when SMS go from a pool of numbers, else
+    None (one sender, or a Messaging Service, which paces its own numbers)."""
+    pool = SenderPool.from_settings(settings)
+    return pool.key if len(pool.keys) > 1 else None
