@@ -92,6 +92,12 @@ _QUIET = _NotWhileSending()
 
 
 def _quieten() -> None:
+    """Silence httpx's and httpcore's loggers: their levels up (httpcore's tracing otherwise
+    formats a dozen DEBUG lines a request), and the filter for a configuration that lowers them."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         if _QUIET not in logger.filters:
