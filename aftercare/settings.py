@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from aftercare.planning.quiet import QuietHours
 DISPATCH_QUEUE = "aftercare.dispatch"
 SEND_QUEUE = "aftercare.send"
 if TYPE_CHECKING:
-    from aftercare.oncall.hours import OpeningHours
+    from aftercare.planning.hours import OpeningHours
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev"}
 # Clinic names that are not a clinic's (the defaults and the docs' examples): patients would read
@@ -52,6 +53,28 @@ def _entries(value: str) -> list[str]:
 
 def _default_data_dir() -> Path:
     return Path.cwd() / "var"
+
+
+def parse_senders(value: str) -> tuple[str, ...]:
+    """``AFTERCARE_TWILIO_FROM``: one sender (a number or an alphanumeric ID, as Twilio takes it),
+    or a pool of E.164 numbers separated by commas. Raises ValueError naming a bad entry."""
+    if "," not in value:
+        return (value.strip(),) if value.strip() else ()
+    senders = tuple(part.strip() for part in value.split(","))
+    for position, sender in enumerate(senders, start=1):
+        if not sender:
+            raise ValueError(f"AFTERCARE_TWILIO_FROM: entry {position} of the list is empty")
+        if not _E164.fullmatch(sender):
+            raise ValueError(
+                f"AFTERCARE_TWILIO_FROM: entry {position} ({sender!r}) is not an E.164 number "
+                "such as +447700900123 (a list of senders holds numbers only)"
+            )
+        if sender in senders[: position - 1]:
+            raise ValueError(f"AFTERCARE_TWILIO_FROM: {sender} is listed twice")
+    return senders
+
+
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
 
 
 class Settings(BaseSettings):
@@ -148,7 +171,7 @@ class Settings(BaseSettings):
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from aftercare.sessions.validation import patient_zones
+        from aftercare.validation import patient_zones
 
         # The zone of every patient enrolled without one: the same rule as a patient's own.
         if value not in patient_zones():
@@ -170,8 +193,6 @@ class Settings(BaseSettings):
     @field_validator("twilio_from")
     @classmethod
     def _twilio_senders(cls, value: str) -> str:
-        from aftercare.channels.senders import parse_senders
-
         parse_senders(value)  # a list must hold E.164 numbers only; names a bad entry
         return value
 
@@ -193,7 +214,7 @@ class Settings(BaseSettings):
     @field_validator("opening_hours")
     @classmethod
     def _opening_hours_format(cls, value: str) -> str:
-        from aftercare.oncall.hours import OpeningHours
+        from aftercare.planning.hours import OpeningHours
 
         OpeningHours.parse(value)
         return value
@@ -269,8 +290,6 @@ class Settings(BaseSettings):
     def sender_warning(self) -> str | None:
         """One plain sentence when the SMS sender is an alphanumeric ID, which patients cannot
         reply to, while the texts ask for replies (the check-in's 1, 2 or 3), else None."""
-        from aftercare.channels.senders import parse_senders
-
         senders = parse_senders(self.twilio_from) if self.sms_transport == "twilio" else ()
         if len(senders) != 1 or not any(ch.isalpha() for ch in senders[0]):
             return None
@@ -324,7 +343,7 @@ class Settings(BaseSettings):
 
     @property
     def hours(self) -> OpeningHours:
-        from aftercare.oncall.hours import OpeningHours
+        from aftercare.planning.hours import OpeningHours
 
         return OpeningHours.parse(self.opening_hours)
 

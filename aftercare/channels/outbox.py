@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from aftercare.channels.base import EmailMessage, Message, SendResult, SmsMessage
-from aftercare.channels.mime import new_stamp, render_mime
+from aftercare.channels.smtp.mime import new_stamp, render_mime
 from aftercare.private import append_private, private_dir, write_private
 
 

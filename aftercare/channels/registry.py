@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aftercare.channels.base import Transport
 from aftercare.channels.console import ConsoleTransport
 from aftercare.channels.outbox import OutboxTransport
@@ -17,7 +19,7 @@ def build_transport(channel: str, settings: Settings) -> Transport:
             return OutboxTransport("sms", settings.outbox_dir)
         if sms == "twilio":
             # Imported here: the twilio client is only loaded by processes that send SMS.
-            from aftercare.channels.twilio_sms import TwilioTransport
+            from aftercare.channels.twilio.transport import TwilioTransport
 
             return TwilioTransport.from_settings(settings)
         raise ValueError(f"SMS transport {sms!r} is not available yet")
@@ -28,11 +30,22 @@ def build_transport(channel: str, settings: Settings) -> Transport:
         if email == "outbox":
             return OutboxTransport("email", settings.outbox_dir, sender=settings.email_from)
         if email == "smtp":
-            from aftercare.channels.smtp_email import SmtpTransport
+            from aftercare.channels.smtp.transport import SmtpTransport
 
             return SmtpTransport.from_url(settings.smtp_url, sender=settings.email_from)
         raise ValueError(f"email transport {email!r} is not available yet")
     raise ValueError(f"unknown channel {channel!r}")
+
+
+def pacing_key(settings: Settings, channel: str = "sms") -> Callable[[str], str] | None:
+    """The key the chosen transport paces a recipient's messages by, as its ``pacing_key`` would
+    give it, when it paces several keys apart (a pool of Twilio numbers); None when every
+    message shares one pace. The dispatcher spreads a claim over these keys."""
+    if channel == "sms" and settings.sms_transport == "twilio":
+        from aftercare.channels.twilio.senders import pacing_key as twilio_pacing_key
+
+        return twilio_pacing_key(settings)
+    return None
 
 
 # A channel-settings finding that is reported but does not fail ``aftercare check``.
@@ -47,7 +60,7 @@ def check_channel_settings(settings: Settings) -> list[str]:
     """
     faults: list[str] = []
     if settings.sms_transport == "twilio":
-        from aftercare.channels.twilio_sms import missing_settings
+        from aftercare.channels.twilio.transport import missing_settings
 
         faults += [
             f"SMS transport twilio: {name} is not set" for name in missing_settings(settings)

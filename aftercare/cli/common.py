@@ -11,7 +11,7 @@ import typer
 from aftercare.cli.typed import Refused, has_offset, read_instant, read_zone
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.runtime import Runtime, get_runtime
-from aftercare.sessions.validation import ValidationFailed, clean_instant
+from aftercare.validation import ValidationFailed, clean_instant
 
 RegimenOpt = Annotated[str, typer.Option("--regimen", metavar="ID", help="Regimen id.")]
 TreatedOpt = Annotated[

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from aftercare.regimens.loader import RegimenError, RegimenRegistry
 from aftercare.runtime import Runtime, get_runtime
 from aftercare.sessions import import_store, importer
-from aftercare.sessions.validation import ValidationFailed, clean_timezone
+from aftercare.validation import ValidationFailed, clean_timezone
 
 
 def _fail(message: str) -> NoReturn:

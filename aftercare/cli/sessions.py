@@ -28,7 +28,7 @@ from aftercare.cli.common import (
 from aftercare.cli.typed import read_channels
 from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.regimens.model import ParameterError
-from aftercare.sessions.validation import ValidationFailed, clean_channels
+from aftercare.validation import ValidationFailed, clean_channels
 
 
 def timeline_rows(planned: list[PlannedReminder], zone: ZoneInfo) -> list[dict[str, str]]:

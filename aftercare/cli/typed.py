@@ -8,8 +8,8 @@ import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from aftercare.sessions.validation import ValidationFailed, clean_timezone
 from aftercare.sessions.zones import suggest_zones
+from aftercare.validation import ValidationFailed, clean_timezone
 
 # Day first, as in the UK: 27/03/2026 15:00 (also with '.' or '-' between the parts).
 _DAY_FIRST = re.compile(

@@ -9,8 +9,8 @@ from typing import Final
 from sqlalchemy import ColumnElement, case, select
 from sqlalchemy.orm import Session
 
+from aftercare.freetext import without_bidi_controls
 from aftercare.oncall.pages import start_paging
-from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag
 from aftercare.triage.data import RANK, Severity
 

@@ -27,7 +27,7 @@ from aftercare.inbound.senders import (
     stored_message,
 )
 from aftercare.oncall.ack import acknowledge_by_sms
-from aftercare.patients.consent import restore_sms_consent, withdraw_sms_consent
+from aftercare.reminders.consent import restore_sms_consent, withdraw_sms_consent
 from aftercare.sessions.course import checkin_outcome
 from aftercare.storage.models import InboundMessage, Patient, TreatmentSession
 from aftercare.triage.data import Severity

@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aftercare.audit.service import record as audit
-from aftercare.sessions.validation import ValidationFailed, clean_phone
 from aftercare.staff.service import get_by_email
 from aftercare.storage.models import StaffUser
+from aftercare.validation import ValidationFailed, clean_phone
 
 DIRECTIONS: Final = ("up", "down")
 

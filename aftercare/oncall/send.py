@@ -26,8 +26,8 @@ from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.oncall import pages as p
 from aftercare.oncall.text import email_page, sms_page
-from aftercare.reminders.leases import Lease, Machine
 from aftercare.storage.db import Database
+from aftercare.storage.leases import Lease, Machine
 from aftercare.storage.models import Flag, Page, StaffUser, WorkerLease
 
 log = logging.getLogger(__name__)

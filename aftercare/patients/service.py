@@ -23,15 +23,6 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.sessions.actions import LIVE_STATUSES, cancel_pending
 from aftercare.sessions.replan import replan
-from aftercare.sessions.validation import (
-    FieldError,
-    ValidationFailed,
-    clean_channels,
-    clean_email,
-    clean_name,
-    clean_phone,
-    clean_timezone,
-)
 from aftercare.storage.models import (
     DeliveryAttempt,
     Flag,
@@ -39,6 +30,15 @@ from aftercare.storage.models import (
     Patient,
     Reminder,
     TreatmentSession,
+)
+from aftercare.validation import (
+    FieldError,
+    ValidationFailed,
+    clean_channels,
+    clean_email,
+    clean_name,
+    clean_phone,
+    clean_timezone,
 )
 
 EDITABLE: Final = ("name", "phone", "email", "timezone", "channels")

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
-from aftercare.channels.senders import parse_senders, pick_sender
+from aftercare.channels.registry import pacing_key
 from aftercare.clock import Clock
 from aftercare.faults import crash_point
 from aftercare.reminders import states
@@ -100,10 +100,10 @@ def claim_due(db_session: Session, *, now: datetime, limit: int) -> list[int]:
     return [i for i in ids if i in moved]
 
 
-def sender_turns(senders: tuple[str, ...]) -> Order:
+def sender_turns(sender_of: Callable[[str], str]) -> Order:
     """The claim reordered so that each send batch holds an even share of every SMS sender's
-    messages (see the module docstring). ``senders`` is the pool, as
-    :func:`~aftercare.channels.senders.pick_sender` takes it."""
+    messages (see the module docstring). ``sender_of`` gives a phone number's sender, the SMS
+    transport's pacing key (:func:`~aftercare.channels.registry.pacing_key`)."""
 
     def order(db_session: Session, ids: list[int]) -> list[int]:
         sms: dict[int, str] = {}  # patient id -> phone, for patients with an SMS in the claim
@@ -129,7 +129,7 @@ def sender_turns(senders: tuple[str, ...]) -> Order:
             phone = sms.get(patient_id)
             turn = 0
             if phone is not None:
-                sender = pick_sender(senders, phone)
+                sender = sender_of(phone)
                 turn = seen.get(sender, 0)
                 seen[sender] = turn + 1
             turns.append((turn, position, chain))
@@ -142,10 +142,8 @@ def sender_turns(senders: tuple[str, ...]) -> Order:
 def claim_order(settings: Settings) -> Order | None:
     """:func:`sender_turns` when SMS go through Twilio from a pool of numbers, else None (one
     sender, or a Messaging Service, which paces its own numbers: nothing to even out)."""
-    if settings.sms_transport != "twilio" or settings.twilio_messaging_service_sid:
-        return None
-    senders = parse_senders(settings.twilio_from)
-    return sender_turns(senders) if len(senders) > 1 else None
+    sender_of = pacing_key(settings)
+    return sender_turns(sender_of) if sender_of is not None else None
 
 
 def held_back_by(settings: Settings) -> str | None:

@@ -18,26 +18,19 @@ from sqlalchemy import exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from aftercare.channels.twilio import codes
 from aftercare.flags.service import raise_flag
-from aftercare.patients.consent import block_sms_number, withdraw_sms_consent
 from aftercare.planning.planner import PlannedReminder
 from aftercare.reminders import states
-from aftercare.silence.critical import flag_critical_failure
+from aftercare.reminders.consent import block_sms_number, withdraw_sms_consent
+from aftercare.reminders.critical import flag_critical_failure
 from aftercare.storage.models import Flag, Patient, Reminder, TreatmentSession
 from aftercare.storage.rows import reminder_rows
 
 log = logging.getLogger(__name__)
 
 # Twilio's "the recipient has opted out" (they texted STOP to this sender).
-OPTED_OUT_CODE: Final = "21610"
-OPT_OUT_SOURCE: Final = f"provider:{OPTED_OUT_CODE}"
-# Errors that say the *number* cannot take SMS (invalid, not a mobile, unreachable by SMS,
-# landline). Only these stop SMS to it: a permanent error caused by the clinic's setup (a region
-# not enabled, 21408) or by our message (21602, 21617) must not block every patient it touches
-# until staff "fix" numbers that were never wrong.
-NUMBER_REFUSED_CODES: Final = frozenset(
-    {"21211", "21214", "21217", "21401", "21407", "21612", "21614", "21635", "30005", "30006"}
-)
+OPT_OUT_SOURCE: Final = f"provider:{codes.OPTED_OUT}"
 
 
 def after_failure(
@@ -61,14 +54,14 @@ def after_failure(
     session = db_session.get_one(TreatmentSession, reminder.session_id)
     patient = db_session.get_one(Patient, session.patient_id)
     notes = [f"{reminder.channel.upper()} reminder '{reminder.step}' failed: {cause}."]
-    opted_out = opted_out or code == OPTED_OUT_CODE
+    opted_out = opted_out or codes.is_opted_out(code)
     if reminder.channel == "sms" and patient.phone:
         if opted_out:
             withdraw_sms_consent(
                 db_session=db_session, phone=patient.phone, source=OPT_OUT_SOURCE, now=now
             )
             notes.append("The patient has opted out of SMS at the provider.")
-        elif block and code in NUMBER_REFUSED_CODES:
+        elif block and codes.number_refused(code):
             block_sms_number(db_session=db_session, phone=patient.phone, code=code, now=now)
             notes.append("No more SMS go to this number until it is corrected.")
     email_id = None

@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aftercare.channels.twilio import codes
 from aftercare.reminders import states
-from aftercare.reminders.fallback import OPTED_OUT_CODE, after_failure
+from aftercare.reminders.fallback import after_failure
 from aftercare.storage.models import DeliveryAttempt
 
 log = logging.getLogger(__name__)
-
-# Twilio's message statuses, by how far along they are. "read" (WhatsApp, RCS) is a delivery.
-RANK: Final = {
-    "accepted": 0,
-    "scheduled": 0,
-    "queued": 1,
-    "sending": 2,
-    "sent": 3,
-    "undelivered": 4,
-    "failed": 4,
-    "delivered": 5,
-}
-ALIASES: Final = {"read": "delivered"}
-FAILURES: Final = frozenset({"undelivered", "failed"})
 
 
 def apply_status(
@@ -46,10 +32,10 @@ def apply_status(
 ) -> str:
     """Record one status callback (no commit). Returns what happened: ``unknown`` (no such
     message), ``ignored`` (a status we do not track), ``stale`` (not newer) or ``updated``."""
-    status = status.strip().lower()
-    status = ALIASES.get(status, status)
-    if status not in RANK:
+    tracked = codes.tracked_status(status)
+    if tracked is None:
         return "ignored"
+    status = tracked
     attempt = db_session.scalars(
         select(DeliveryAttempt)
         .where(DeliveryAttempt.provider_id == provider_id)
@@ -60,7 +46,7 @@ def apply_status(
     ).first()
     if attempt is None:
         return "unknown"
-    if RANK[status] <= RANK.get(attempt.provider_status or "", -1):
+    if not codes.is_newer(status, than=attempt.provider_status):
         return "stale"
     attempt.provider_status = status
     attempt.status_updated_at = now
@@ -76,7 +62,7 @@ def apply_status(
             now=now,
             reason=None,
         )
-    elif status in FAILURES:
+    elif status in codes.FAILED_STATUSES:
         _failed(db_session, reminder_id=reminder_id, status=status, code=error_code, now=now)
     log.info("reminder %s: provider status %s (code %s)", reminder_id, status, error_code)
     return "updated"
@@ -100,6 +86,6 @@ def _failed(
             reminder_id=reminder_id,
             now=now,
             code=code,
-            opted_out=code == OPTED_OUT_CODE,
+            opted_out=codes.is_opted_out(code),
             cause=cause,
         )

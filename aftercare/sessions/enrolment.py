@@ -24,8 +24,8 @@ from aftercare.sessions.service import (
     record_session,
     validate_request,
 )
-from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.models import Flag, Patient, TreatmentSession
+from aftercare.validation import FieldError, ValidationFailed
 
 
 def enrol(

@@ -29,8 +29,8 @@ from aftercare.sessions.service import (
     ValidSession,
     validate_request,
 )
-from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.models import Patient, TreatmentSession
+from aftercare.validation import FieldError, ValidationFailed
 
 DEFAULT_REGIMEN = "micro-sclerotherapy"
 # Both channels unless the row says otherwise, as the API and ``aftercare enrol`` do: a row with

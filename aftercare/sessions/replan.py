@@ -16,9 +16,9 @@ from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.reminders import states
 from aftercare.sessions.actions import session_reminders
-from aftercare.sessions.validation import clean_channels
 from aftercare.storage import bulk
 from aftercare.storage.models import Patient, Reminder, TreatmentSession
+from aftercare.validation import clean_channels
 
 # Never handed to a provider: such a row may be re-planned in place.
 UNSENT_FINAL: Final = frozenset({states.CANCELLED, states.SKIPPED, states.EXPIRED})

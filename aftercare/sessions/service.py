@@ -14,7 +14,9 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.planning.quiet import QuietHours
 from aftercare.regimens.loader import RegimenRegistry
 from aftercare.regimens.model import Channel, ParameterError, Regimen
-from aftercare.sessions.validation import (
+from aftercare.storage import bulk
+from aftercare.storage.models import Patient, TreatmentSession
+from aftercare.validation import (
     FieldError,
     ValidationFailed,
     clean_channels,
@@ -24,8 +26,6 @@ from aftercare.sessions.validation import (
     clean_phone,
     clean_timezone,
 )
-from aftercare.storage import bulk
-from aftercare.storage.models import Patient, TreatmentSession
 
 MAX_FUTURE = timedelta(days=1)
 

@@ -1,6 +1,6 @@
 """Time zones as people type them: a city ("London") read as its IANA zone, and "did you mean"
 suggestions for a misspelt one. Whether a name is a zone at all is
-:func:`aftercare.sessions.validation.clean_timezone`'s call; this module only offers names that
+:func:`aftercare.validation.clean_timezone`'s call; this module only offers names that
 pass it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import difflib
 from functools import lru_cache
 from zoneinfo import available_timezones
 
-from aftercare.sessions.validation import ValidationFailed, clean_timezone
+from aftercare.validation import ValidationFailed, clean_timezone
 
 # The regions of the IANA database's geographic names (Europe/London, America/New_York ...).
 _REGIONS = (

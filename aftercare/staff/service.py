@@ -24,9 +24,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 from zxcvbn import zxcvbn
 
-from aftercare.sessions.validation import ValidationFailed, clean_name
 from aftercare.storage.db import Database
 from aftercare.storage.models import ApiToken, StaffUser, WebSession
+from aftercare.validation import ValidationFailed, clean_name
 
 ROLES: Final = ("staff", "admin")
 MIN_PASSWORD_LENGTH: Final = 12

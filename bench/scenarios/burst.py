@@ -202,7 +202,7 @@ def _case(bench: Bench, *, limit: float | None, senders: str = "", **burst: Any)
 def _pool_available() -> bool:
     """Whether this Aftercare takes a list of senders in ``AFTERCARE_TWILIO_FROM``."""
     try:
-        import aftercare.channels.senders  # noqa: F401
+        import aftercare.channels.twilio.senders  # noqa: F401
     except ImportError:
         return False
     return True

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aftercare.channels.base import Attachment, EmailMessage
-from aftercare.channels.mime import Stamp, new_stamp, render_mime
+from aftercare.channels.smtp.mime import Stamp, new_stamp, render_mime
 from aftercare.messages.calendar import regimen_calendar
 from aftercare.messages.context import sample_context
 from aftercare.messages.render import MessageRenderer

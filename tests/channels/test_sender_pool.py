@@ -14,9 +14,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from aftercare.channels.base import SmsMessage, TransportError
-from aftercare.channels.ratelimit import LocalRateLimiter
-from aftercare.channels.senders import parse_senders, pick_sender
-from aftercare.channels.twilio_sms import TwilioTransport
+from aftercare.channels.twilio.ratelimit import LocalRateLimiter
+from aftercare.channels.twilio.senders import parse_senders, pick_sender
+from aftercare.channels.twilio.transport import TwilioTransport
 from aftercare.cli.main import cli
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, states

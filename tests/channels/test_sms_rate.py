@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, update
 
 from aftercare.channels.base import SmsMessage, TransportError
-from aftercare.channels.ratelimit import (
+from aftercare.channels.twilio.ratelimit import (
     LocalRateLimiter,
     RateLimiterUnavailable,
     RateLimitTimeout,
@@ -28,8 +28,8 @@ from aftercare.channels.ratelimit import (
     build_rate_limiter,
     interval_for,
 )
-from aftercare.channels.senders import pick_sender
-from aftercare.channels.twilio_sms import TwilioTransport
+from aftercare.channels.twilio.senders import pick_sender
+from aftercare.channels.twilio.transport import TwilioTransport
 from aftercare.clock import FileClock
 from aftercare.reminders import states
 from aftercare.runtime import Runtime, set_runtime

@@ -27,7 +27,7 @@ from icalendar import Calendar, Event
 from sqlalchemy import select
 
 from aftercare.channels.base import EmailMessage, TransportError
-from aftercare.channels.smtp_email import SmtpTransport, parse_smtp_url
+from aftercare.channels.smtp.transport import SmtpTransport, parse_smtp_url
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, dispatch, states
 from aftercare.runtime import Runtime

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from aftercare.channels import smtp_email
 from aftercare.channels.base import TransportError
+from aftercare.channels.smtp import transport as smtp_email
 from tests.channels.test_smtp import (
     LoopbackServer,
     Recorder,

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from aftercare.channels.base import SendResult, SmsMessage, TransportError
-from aftercare.channels.ratelimit import LocalRateLimiter
-from aftercare.channels.twilio_sms import Timeouts, TwilioTransport
+from aftercare.channels.twilio.ratelimit import LocalRateLimiter
+from aftercare.channels.twilio.transport import Timeouts, TwilioTransport
 from aftercare.cli.main import cli
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, dispatch, states

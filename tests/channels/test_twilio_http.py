@@ -1,4 +1,4 @@
-"""The lean HTTP layer under the twilio client (aftercare/channels/twilio_http.py): the real
+"""The httpx HTTP layer under the twilio client (aftercare/channels/twilio/http.py): the real
 ``twilio`` client and transport, against the fake Twilio, through real proxies and TLS on
 loopback. What the stock requests-based client did, this one must do too: honour HTTPS_PROXY,
 HTTP_PROXY and NO_PROXY, verify certificates (REQUESTS_CA_BUNDLE), send the same request, and
@@ -24,11 +24,11 @@ import requests
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from aftercare.channels import twilio_http
 from aftercare.channels.base import SmsMessage, TransportError
-from aftercare.channels.ratelimit import LocalRateLimiter
-from aftercare.channels.twilio_http import LeanHttpClient
-from aftercare.channels.twilio_sms import Timeouts, TwilioTransport
+from aftercare.channels.twilio import http as twilio_http
+from aftercare.channels.twilio.http import HttpxClient
+from aftercare.channels.twilio.ratelimit import LocalRateLimiter
+from aftercare.channels.twilio.transport import Timeouts, TwilioTransport
 from tests.factories import PATIENT_PHONE
 from tests.fakes.twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 from tests.tcp_proxy import TcpProxy
@@ -227,7 +227,7 @@ def test_https_proxy_with_credentials_then_tunnelled_and_certificate_checked_by_
     # One tunnel, kept alive for every send, opened with the proxy's credentials.
     port = tls_fake.url.rsplit(":", 1)[1]
     assert user_proxy.seen == [
-        (f"CONNECT 127.0.0.1:{port} HTTP/1.0", twilio_http.basic_auth("clinic", "p@ss word"))
+        (f"CONNECT 127.0.0.1:{port} HTTP/1.1", twilio_http.basic_auth("clinic", "p@ss word"))
     ]
     user_proxy.close()
 
@@ -411,7 +411,7 @@ def _capture(http_client: Any, action: str) -> tuple[str, dict[str, str], bytes]
 def test_lean_client_sends_what_the_stock_client_sends(action: str) -> None:
     quiet = logging.Logger("test.quiet", logging.WARNING)
     stock = _capture(TwilioHttpClient(logger=quiet), action)
-    lean = _capture(LeanHttpClient(connect_timeout=5, read_timeout=5, logger=quiet), action)
+    lean = _capture(HttpxClient(connect_timeout=5, read_timeout=5, logger=quiet), action)
     assert lean[0] == stock[0]
     assert lean[1]["host"].startswith("127.0.0.1:")
     assert lean[2] == stock[2]

@@ -15,10 +15,10 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from aftercare.patients.consent import withdraw_sms_consent
 from aftercare.patients.service import erase_patient
 from aftercare.patients.unsubscribe import unsubscribe_email
 from aftercare.reminders import states
+from aftercare.reminders.consent import withdraw_sms_consent
 from aftercare.sessions.actions import cancel_session, pause_session
 from aftercare.staff.service import hash_password, issue_token
 from aftercare.storage.models import Patient, Reminder, StaffUser, TreatmentSession

@@ -36,6 +36,11 @@ def corpus() -> list[dict[str, Any]]:
 
 
 def entry_errors(entry: dict[str, Any]) -> list[str]:
+    return _shape_errors(entry) + _consistency_errors(entry)
+
+
+def _shape_errors(entry: dict[str, Any]) -> list[str]:
+    """Each field present and of its kind."""
     errors = []
     if set(entry) != FIELDS:
         errors.append(f"fields differ: {sorted(set(entry) ^ FIELDS)}")
@@ -43,15 +48,25 @@ def entry_errors(entry: dict[str, Any]) -> list[str]:
         errors.append("empty text")
     if entry.get("severity") not in LEVELS:
         errors.append(f"severity {entry.get('severity')!r}")
-    for flag in ("stop", "symptom", "booking"):
-        if not isinstance(entry.get(flag), bool):
-            errors.append(f"{flag} is not a boolean")
+    errors += [
+        f"{flag} is not a boolean"
+        for flag in ("stop", "symptom", "booking")
+        if not isinstance(entry.get(flag), bool)
+    ]
     if entry.get("lang") not in LANGS:
         errors.append(f"lang {entry.get('lang')!r}")
     if entry.get("context") not in ("none", "checkin"):
         errors.append(f"context {entry.get('context')!r}")
     if entry.get("checkin_answer") not in (None, "1", "2", "3"):
         errors.append(f"checkin_answer {entry.get('checkin_answer')!r}")
+    if not isinstance(entry.get("note"), str) or not entry["note"].strip():
+        errors.append("no note")
+    return errors
+
+
+def _consistency_errors(entry: dict[str, Any]) -> list[str]:
+    """The fields agree with each other."""
+    errors = []
     if entry.get("context") == "none" and entry.get("checkin_answer") is not None:
         errors.append("a check-in answer without a check-in")
     if entry.get("severity") in ("emergency", "urgent"):
@@ -59,8 +74,6 @@ def entry_errors(entry: dict[str, Any]) -> list[str]:
             errors.append("a warning sign labelled as a routine check-in answer")
         if entry.get("symptom") is not True:
             errors.append("a warning sign not marked as a symptom")
-    if not isinstance(entry.get("note"), str) or not entry["note"].strip():
-        errors.append("no note")
     return errors
 
 

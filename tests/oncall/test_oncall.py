@@ -21,9 +21,9 @@ from aftercare.cli.main import cli
 from aftercare.clock import FixedClock
 from aftercare.flags.service import raise_flag
 from aftercare.oncall import pages as p
-from aftercare.oncall.hours import OpeningHours
 from aftercare.oncall.run import paging_pass
 from aftercare.oncall.send import PageDeps, recover_pages, send_page
+from aftercare.planning.hours import OpeningHours
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
 from aftercare.storage.models import AuditEvent, Flag, InboundMessage, Page, StaffUser

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from aftercare.channels.senders import pick_sender
+from aftercare.channels.twilio.senders import SenderPool, pick_sender
 from aftercare.reminders import dispatch, states
 from aftercare.runtime import Runtime
 from aftercare.settings import Settings
@@ -102,7 +102,7 @@ def test_claim_in_due_order_by_sender_then_each_batch_takes_every_sender_in_turn
     three of the third: in batches of three, each batch holds one of each number, and within a
     number the patients keep their due order."""
     due = _three_per_number_in_turn(runtime)
-    batches = _dispatch(runtime, dispatch.sender_turns(POOL), chunk=3)
+    batches = _dispatch(runtime, dispatch.sender_turns(SenderPool(POOL).key), chunk=3)
     sender_of = _sender_of(runtime)
     assert sorted(i for batch in batches for i in batch) == sorted(due)
     assert [sorted(sender_of(i) for i in batch) for batch in batches] == [sorted(POOL)] * 3
@@ -163,7 +163,9 @@ def test_one_patients_reminders_stay_together_in_due_order_with_sender_turns(
                 )
             )
     published = [
-        i for batch in _dispatch(runtime, dispatch.sender_turns(POOL), chunk=2) for i in batch
+        i
+        for batch in _dispatch(runtime, dispatch.sender_turns(SenderPool(POOL).key), chunk=2)
+        for i in batch
     ]
     assert published == [theirs[0], *mine, theirs[1]]
 

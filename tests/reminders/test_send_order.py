@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from aftercare.channels.base import Message, PacedTransport, SendResult, Slot, Transport
-from aftercare.channels.senders import pick_sender
+from aftercare.channels.twilio.senders import pick_sender
 from aftercare.clock import FixedClock
 from aftercare.reminders import delivery, states
 from aftercare.runtime import Runtime

@@ -23,8 +23,8 @@ from aftercare.reminders import delivery, states
 from aftercare.reminders.dispatch import claim_due
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions
-from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.models import AuditEvent, Patient, Reminder, TreatmentSession
+from aftercare.validation import ValidationFailed
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, PATIENT_PHONE, add_staff, enrol
 
 # PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).

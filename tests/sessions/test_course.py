@@ -26,9 +26,9 @@ from aftercare.inbound.service import receive_sms
 from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions, course, enrolment, import_store, importer
-from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.db import Database
 from aftercare.storage.models import Flag, Patient, Reminder, TreatmentSession
+from aftercare.validation import ValidationFailed
 from tests.cli.test_cli import Aftercare, aftercare, enrol_args, succeeded
 from tests.factories import PATIENT_EMAIL, PATIENT_NAME, session_request
 from tests.reminders.test_delivery import claim_all, deliver_all, sent_log

@@ -15,8 +15,8 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.regimens.model import Channel
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import SessionRequest, record_session, validate_request
-from aftercare.sessions.validation import ValidationFailed
 from aftercare.storage.models import Base, Reminder, TreatmentSession
+from aftercare.validation import ValidationFailed
 
 # The ``clock`` fixture's instant (conftest.py): a Monday morning, before the DST change.
 # PostgreSQL work in one transaction rolled back after each test (tests/conftest.py).

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from aftercare.freetext import without_bidi_controls
 from aftercare.runtime import Runtime
-from aftercare.sessions.validation import without_bidi_controls
 from aftercare.storage.models import Flag, InboundMessage
 from aftercare.web.app import create_app
 from tests.factories import add_flag, enrol

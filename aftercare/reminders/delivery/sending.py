@@ -23,7 +23,7 @@ from aftercare.channels.base import (
     Transport,
     TransportError,
 )
-from aftercare.channels.ratelimit import LEAD
+from aftercare.channels.twilio.ratelimit import LEAD
 from aftercare.faults import crash_point
 from aftercare.reminders import states
 from aftercare.reminders.delivery.context import Deps, Prepared, log

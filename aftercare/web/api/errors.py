@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aftercare.errors import Conflict, NotFound
-from aftercare.sessions.validation import FieldError, ValidationFailed
+from aftercare.validation import FieldError, ValidationFailed
 from aftercare.web.api.schemas import ErrorOut, ValidationErrorOut
 
 

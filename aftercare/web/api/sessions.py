@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from aftercare.sessions import actions, enrolment
 from aftercare.sessions.service import SessionRequest
-from aftercare.sessions.validation import FieldError, ValidationFailed, clean_instant
 from aftercare.storage.models import DeliveryAttempt, Reminder, TreatmentSession
+from aftercare.validation import FieldError, ValidationFailed, clean_instant
 from aftercare.web.api.auth import CurrentStaff
 from aftercare.web.api.errors import ApiRoute, field_errors, responses
 from aftercare.web.api.schemas import (

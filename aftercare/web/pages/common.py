@@ -24,9 +24,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aftercare.errors import NotFound
+from aftercare.freetext import without_bidi_controls
 from aftercare.runtime import Runtime
-from aftercare.sessions.validation import FieldError, without_bidi_controls
 from aftercare.storage.models import Flag
+from aftercare.validation import FieldError
 from aftercare.web.deps import app_runtime
 from aftercare.web.pages.auth import AdminRequired, CsrfFailed, LoginRequired, StaffSession
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from aftercare.runtime import Runtime
 from aftercare.sessions import course
-from aftercare.sessions.validation import ValidationFailed, clean_email, clean_name, clean_phone
 from aftercare.storage.models import Flag, Patient
+from aftercare.validation import ValidationFailed, clean_email, clean_name, clean_phone
 from aftercare.web.pages.common import day_month
 from aftercare.web.pages.enrol_form import EnrolForm
 

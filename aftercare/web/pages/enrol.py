@@ -29,7 +29,7 @@ from aftercare.regimens.model import Regimen
 from aftercare.runtime import Runtime
 from aftercare.sessions import enrolment
 from aftercare.sessions.service import SessionRequest, validate_request
-from aftercare.sessions.validation import FieldError, ValidationFailed
+from aftercare.validation import FieldError, ValidationFailed
 from aftercare.web.deps import DbSession, RuntimeDep
 from aftercare.web.pages.auth import CheckedForm, PageStaff, StaffSession
 from aftercare.web.pages.auth import field as text_field

@@ -16,7 +16,7 @@ from aftercare.planning.planner import PlannedReminder, plan
 from aftercare.regimens.model import ParameterError, Regimen
 from aftercare.runtime import Runtime
 from aftercare.sessions.service import MAX_FUTURE, SessionRequest
-from aftercare.sessions.validation import (
+from aftercare.validation import (
     FieldError,
     Loc,
     ValidationFailed,

@@ -18,7 +18,7 @@ from aftercare.oncall.pages import waiting_for_call_back
 from aftercare.parsing import ascii_int
 from aftercare.planning.quiet import local_instant
 from aftercare.sessions.course import OUTCOME_LABELS
-from aftercare.sessions.validation import ValidationFailed, clean_phone
+from aftercare.validation import ValidationFailed, clean_phone
 from aftercare.web.deps import DbSession, RuntimeDep
 from aftercare.web.pages import queries
 from aftercare.web.pages.auth import CheckedForm, PageAdmin, PageStaff, field

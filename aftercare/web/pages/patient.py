@@ -20,8 +20,8 @@ from aftercare.reminders import states
 from aftercare.runtime import Runtime
 from aftercare.sessions import actions
 from aftercare.sessions.course import OUTCOME_LABELS
-from aftercare.sessions.validation import FieldError, ValidationFailed
 from aftercare.storage.models import Patient
+from aftercare.validation import FieldError, ValidationFailed
 from aftercare.web.deps import DbSession, RuntimeDep
 from aftercare.web.pages import queries
 from aftercare.web.pages.auth import CheckedForm, PageStaff, StaffSession

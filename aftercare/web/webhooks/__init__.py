@@ -15,10 +15,10 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from twilio.twiml.messaging_response import MessagingResponse
 
+from aftercare.freetext import without_bidi_controls
 from aftercare.inbound.replies import Replies
 from aftercare.inbound.service import receive_sms
 from aftercare.reminders.status import apply_status
-from aftercare.sessions.validation import without_bidi_controls
 from aftercare.web.deps import RuntimeDep
 from aftercare.web.webhooks import params as twilio_params
 from aftercare.web.webhooks.params import ParamError

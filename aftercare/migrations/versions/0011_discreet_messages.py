@@ -1,7 +1,7 @@
 """discreet messages: a per-patient choice, null meaning the clinic's default
 
-Revision ID: 0012
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-04 17:50:00
 
 ``patients.discreet``: true, the first line of every SMS and every email subject say only that
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -14,9 +14,9 @@ Twilio's error text quotes the recipient's number; it is redacted from every Tra
 nothing here logs it. The twilio client's own request log (which prints list filters, i.e. the
 number) goes to a private logger that is never emitted.
 
-Under the twilio client, requests go through :mod:`aftercare.channels.twilio_http` (the stock
-requests-based client cost ~0.6 ms of CPU per SMS), which says whether a failed request may
-have left; the stock client is kept only for proxies that layer does not speak.
+Under the twilio client, requests go through :mod:`aftercare.channels.twilio.http` (httpx), which
+says whether a failed request may have left; the stock requests-based client is kept only for a
+SOCKS proxy, which httpx does not speak without extras.
 """
 
 from __future__ import annotations
@@ -43,15 +43,16 @@ from aftercare.channels.base import (
     SmsMessage,
     TransportError,
 )
-from aftercare.channels.ratelimit import (
+from aftercare.channels.twilio import codes
+from aftercare.channels.twilio.http import HttpFailure
+from aftercare.channels.twilio.ratelimit import (
     MISSED,
     RateLimiter,
     RateLimiterUnavailable,
     RateLimitTimeout,
     build_rate_limiter,
 )
-from aftercare.channels.senders import parse_senders, pick_sender
-from aftercare.channels.twilio_http import HttpFailure
+from aftercare.channels.twilio.senders import SenderPool, parse_senders
 
 if TYPE_CHECKING:
     from aftercare.settings import Settings
@@ -67,46 +68,6 @@ class Timeouts:
     read: float = 20.0
 
 
-OPTED_OUT = 21610
-# The recipient cannot be texted from this account: retrying cannot help.
-RECIPIENT_CODES = frozenset(
-    {
-        21211,  # invalid 'To' number
-        21214,  # 'To' number cannot be reached
-        21217,  # phone number does not appear to be valid
-        21401,  # invalid phone number
-        21407,  # this phone number type does not support SMS
-        21408,  # sending to this region is not enabled
-        21602,  # message body is required
-        21610,  # recipient replied STOP (opted out)
-        21612,  # cannot route between this sender and this 'To' number
-        21614,  # 'To' number is not a mobile number
-        21617,  # body exceeds the 1600-character limit
-        21635,  # 'To' number is a landline
-        30004,  # message blocked
-        30005,  # unknown destination handset
-        30006,  # landline or unreachable carrier
-    }
-)
-# Twilio refuses our credentials or sender: an operator fault, retried until fixed.
-ACCOUNT_CODES = frozenset(
-    {
-        20003,  # authentication failed
-        20005,  # account not active
-        20404,  # resource not found (wrong account SID or API base)
-        21212,  # invalid 'From' number
-        21603,  # 'From' or 'MessagingServiceSid' is required
-        21606,  # 'From' is not a valid, SMS-capable number for this account
-        21659,  # 'From' is not a Twilio number
-        21660,  # 'From' does not belong to this account
-        21701,  # Messaging Service does not exist
-        21703,  # Messaging Service has no senders
-        21704,  # Messaging Service has no phone numbers
-    }
-)
-RATE_LIMITED = 20429
-# A message Twilio has given up on does not count as sent: reconciliation sends it again.
-GIVEN_UP = frozenset({"failed", "undelivered", "canceled"})
 # How far our clock and Twilio's may disagree when looking a message up.
 CLOCK_SKEW = timedelta(minutes=10)
 LOOKUP_LIMIT = 50
@@ -173,7 +134,7 @@ class TwilioTransport:
         self._account_sid = account_sid
         self._auth_token = auth_token
         # One sender, or a pool of numbers (each patient always texted from the same one).
-        self._senders = parse_senders(from_)
+        self._pool = SenderPool(parse_senders(from_), messaging_service_sid=messaging_service_sid)
         self._messaging_service_sid = messaging_service_sid
         self._status_callback = status_callback
         self._api_base = api_base.rstrip("/")
@@ -211,22 +172,24 @@ class TwilioTransport:
     @property
     def sender(self) -> str:
         """What Twilio's per-sender limit counts against: the number/ID or the service (with a
-        pool of numbers, the first one; :meth:`sender_for` picks a patient's)."""
-        return self._messaging_service_sid or self._senders[0]
+        pool of numbers, the first one; :meth:`pacing_key` picks a message's)."""
+        return self._pool.keys[0]
 
     @property
     def senders(self) -> tuple[str, ...]:
         """Every sender messages may come from: the service, or the number(s)."""
-        return (self._messaging_service_sid,) if self._messaging_service_sid else self._senders
+        return self._pool.keys
 
-    def sender_for(self, to: str) -> str:
-        """The sender that texts ``to``: the service, or this number's pool number."""
-        return self._messaging_service_sid or pick_sender(self._senders, to)
+    def pacing_key(self, message: Message) -> str:
+        """The sender that sends ``message``, which Twilio paces it by: the service, or the
+        recipient's pool number (the dispatcher orders claims by the same key,
+        :func:`aftercare.channels.registry.pacing_key`)."""
+        return self._pool.key(_sms(message).to)
 
     def reserve(self, messages: Sequence[Message], *, within: float) -> list[Slot]:
         """Reserve each message's slot at its sender, if at most ``within`` seconds away (one
         round trip to the shared limiter for all of them); see :class:`PacedTransport`."""
-        keys = [self.sender_for(_sms(message).to) for message in messages]
+        keys = [self.pacing_key(message) for message in messages]
         try:
             return self._limiter.reserve_many(keys, within=within)
         except RateLimiterUnavailable as exc:
@@ -243,20 +206,20 @@ class TwilioTransport:
             client = Client(self._account_sid, self._auth_token, http_client=self._http())
             client.api.base_url = self._api_base
             # Lookups filter by recipient in the query string; keep it out of urllib3's DEBUG
-            # lines (only the stock client below goes through urllib3; the lean one logs nothing).
+            # lines (only the stock client below goes through urllib3; httpx's are dropped).
             logging.getLogger("urllib3.connectionpool").addFilter(_REDACT_RECIPIENT)
             self._local.client = client
         return client.messages
 
     def _http(self) -> Any:
-        """This thread's HTTP layer: the lean one (twilio_http), unless the environment routes
-        Twilio through a proxy only requests speaks (socks, TLS to the proxy)."""
-        from aftercare.channels import twilio_http
+        """This thread's HTTP layer: httpx (:mod:`.http`), unless the environment routes Twilio
+        through a proxy only requests speaks (SOCKS)."""
+        from aftercare.channels.twilio import http as twilio_http
 
         # A logger outside the logging tree: the client logs list filters (the number).
         quiet = logging.Logger("aftercare.twilio.http", logging.WARNING)
         if twilio_http.supported(self._api_base):
-            return twilio_http.LeanHttpClient(
+            return twilio_http.HttpxClient(
                 connect_timeout=self._timeouts.connect,
                 read_timeout=self._timeouts.read,
                 logger=quiet,
@@ -274,7 +237,7 @@ class TwilioTransport:
         SlotMissed, having sent nothing, when it reaches ``at`` more than MISSED late."""
         message = _sms(message)
         messages = self._messages()
-        sender = self.sender_for(message.to)
+        sender = self.pacing_key(message)
         sent_from: dict[str, str] = (
             {"messaging_service_sid": sender} if self._messaging_service_sid else {"from_": sender}
         )
@@ -358,7 +321,7 @@ def _match(records: Iterable[Any], message: SmsMessage, window: datetime) -> Sen
         body = str(record.body or "")
         if body not in (message.body, TRIAL_PREFIX + message.body):
             continue
-        if record.status in GIVEN_UP:
+        if record.status in codes.GIVEN_UP:
             continue
         if record.date_created is not None and record.date_created < window:
             continue
@@ -381,14 +344,14 @@ def _refused(exc: Exception, *, number: str) -> TransportError:
     code = int(getattr(exc, "code", None) or status)
     text = getattr(exc, "msg", None) or getattr(exc, "detail", None) or type(exc).__name__
     detail = redact(f"Twilio {status} (code {code}): {text}", number)
-    if code == RATE_LIMITED or status == 429 or status >= 500:
-        return TransportError(detail, permanent=False, code=str(code))
-    # No HTTP status: the client refused before sending (e.g. no credentials), our fault.
-    unauthorised = status in (0, 401, 403, 404) and code not in RECIPIENT_CODES
-    if code in ACCOUNT_CODES or unauthorised:
+    kind = codes.refusal(http_status=status, code=code)
+    if kind == "account":
         log.error("Twilio refused our account or sender (code %s): check AFTERCARE_TWILIO_*", code)
+    if kind != "permanent":
         return TransportError(detail, permanent=False, code=str(code))
-    return TransportError(detail, permanent=True, code=str(code), opted_out=code == OPTED_OUT)
+    return TransportError(
+        detail, permanent=True, code=str(code), opted_out=codes.is_opted_out(code)
+    )
 
 
 def _kind(exc: Exception) -> str:

@@ -42,7 +42,7 @@ from aftercare.channels.base import (
     SendResult,
     TransportError,
 )
-from aftercare.channels.mime import Stamp, new_stamp, render_mime
+from aftercare.channels.smtp.mime import Stamp, new_stamp, render_mime
 
 StartTls = Literal["auto", "off", "require"]
 _DEFAULT_PORTS = {"smtp": 587, "smtps": 465}

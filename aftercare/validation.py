@@ -63,7 +63,6 @@ _DEFAULT_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
 _BRAILLE = regex.compile(r"\p{Block=Braille_Patterns}")
 # The bidirectional controls that reorder what follows them (embeddings, overrides, isolates),
 # by their Unicode Bidi_Class: U+202E makes "Jane eoD" read "Jane Doe".
-_BIDI_CONTROLS = frozenset({"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"})
 
 
 def _has_control_chars(text: str) -> bool:
@@ -84,15 +83,6 @@ def _has_invisible_chars(text: str) -> bool:
         or _DEFAULT_IGNORABLE.search(text) is not None
         or _BRAILLE.search(text) is not None
     )
-
-
-def without_bidi_controls(text: str) -> str:
-    """``text`` without the bidirectional embedding, override and isolate controls, for free
-    text that staff read (a reply, a flag's note): they could make it read as something else.
-    Left-to-right and right-to-left marks, which only order neutral characters, are kept."""
-    if text.isascii():
-        return text
-    return "".join(c for c in text if unicodedata.bidirectional(c) not in _BIDI_CONTROLS)
 
 
 def clean_name(value: object, loc: Loc) -> str:
