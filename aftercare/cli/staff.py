@@ -209,7 +209,7 @@ def on_call(
         typer.Option("--phone", metavar="E164", help="Mobile for pages, e.g. +447700900123."),
     ],
 ) -> None:
-    """Put a staff member on the on-call rota (at the end), with the mobile pages go to.
+    """Add a staff member to the end of the on-call rota.
 
     Someone already on call keeps their place and gets the new number.
     """

@@ -384,14 +384,14 @@ def test_im_calling_button_acknowledges_cancels_pending_pages_and_shows_who(
 def test_resolving_the_flag_stops_escalation(
     rota: Runtime, twilio: FakeTwilio, clock: FixedClock
 ) -> None:
-    from aftercare.sessions import actions
+    from aftercare.flags import resolution
 
     enrol(rota)
     twilio.sms(URGENT_TEXT)
     run_paging(rota)
     [flag] = flags(rota)
     with rota.db.session() as s:
-        actions.resolve_flag(db_session=s, flag_id=flag.id, actor_id=None, now=clock.now())
+        resolution.resolve_flag(db_session=s, flag_id=flag.id, actor_id=None, now=clock.now())
     clock.advance(AFTER * 3)
     assert run_paging(rota) == []
     assert len(who_was_paged(rota)) == 2
