@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
@@ -82,7 +82,7 @@ def test_an_admin_puts_two_staff_on_call_moves_one_up_and_takes_one_off(
         page.get_by_label("Mobile number").fill(phone)
         page.get_by_role("button", name="Put on call").click()
         expect(page.get_by_role("status")).to_contain_text(f"{email} is now on call")
-    screenshot(page, "19-on-call-rota-added")
+    screenshot(page, "25-on-call-rota-added")
     page.get_by_role("button", name=re.compile(f"^Up\\W+move {HCA[1]} earlier$")).click()
     rota = page.locator("ol.rota li")
     expect(rota.nth(0)).to_contain_text(HCA[1])
@@ -95,7 +95,7 @@ def test_an_admin_puts_two_staff_on_call_moves_one_up_and_takes_one_off(
     expect(page.get_by_label("Mobile number")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#oncall-phone-error")).to_contain_text("is not a valid phone number")
     expect(page.get_by_label("Staff email")).not_to_have_attribute("aria-invalid", "true")
-    screenshot(page, "19-on-call-rota-error")
+    screenshot(page, "26-on-call-rota-error")
     page.goto(live_app.url("/staff/on-call"))
     page.get_by_role("button", name=re.compile(f"^Take off call\\W+{NURSE[1]}$")).click()
     expect(rota).to_have_count(1)
@@ -151,31 +151,76 @@ def test_an_urgent_reply_waits_for_a_call_back_until_someone_says_im_calling(
         expect(tile.locator(".number")).to_have_text("0")
         expect(tile).not_to_have_class(re.compile(r"\balert\b"))
         expect(tile.get_by_role("link")).to_have_count(0)
-        screenshot(page, "22-dashboard-nobody-waiting")
+        screenshot(page, "27-dashboard-nobody-waiting")
     finally:
         rt.clock.set(NOW)
 
 
-def test_discreet(page: Page, live_app: LiveApp) -> None:
+def test_the_record_form_offers_discreet_messages_and_the_preview_shows_them(
+    page: Page, live_app: LiveApp
+) -> None:
     log_in(page, live_app)
     page.goto(live_app.url("/sessions/new"))
+    choice = page.get_by_label("Discreet messages")
+    expect(choice).to_have_value("")  # the clinic's default
+    expect(choice.locator("option").first).to_have_text("Clinic default (not discreet)")
+    # Regimen choices read as words, not as their ids.
+    expect(page.get_by_label("First and last")).to_be_checked()
     page.get_by_label("Patient name").fill("Priya Shah")
-    page.get_by_label("Discreet messages").select_option("yes")
+    choice.select_option("yes")
     page.get_by_role("button", name="Preview timeline").click()
-    preview = page.locator("#preview")
-    first = preview.locator("details.message-text").first
+    expect(page.get_by_label("Discreet messages")).to_have_value("yes")
+    first = page.locator("#preview details.message-text").first
     first.locator("summary").click()
-    screenshot(page, "22-record-discreet", docs=True, full_page=True)
+    sms = first.locator(".said").filter(has_text="SMS")
+    email = first.locator(".said").filter(has_text="Email:")
+    # The first line of the text and the email's subject say only who it is from.
+    expect(sms.locator(".said-text")).to_contain_text(
+        f"{live_app.rt.settings.clinic_name}: A message from us."
+    )
+    expect(email.locator(".said-by")).to_have_text(
+        f"Email: A message from {live_app.rt.settings.clinic_name}"
+    )
+    first.evaluate("el => el.closest('tr').previousElementSibling.scrollIntoView()")
+    screenshot(page, "23-record-discreet", docs=True)
 
 
-def test_sender(page: Page, live_app: LiveApp) -> None:
+def test_the_dashboard_warns_when_patients_cannot_reply_to_the_sms_sender(
+    page: Page, live_app: LiveApp
+) -> None:
     rt = live_app.rt
     configured = rt.settings
+    log_in(page, live_app)
+    expect(page.locator("#sender-warning")).to_have_count(0)
     rt.settings = configured.model_copy(
         update={"sms_transport": "twilio", "twilio_from": "RiversideVC"}
     )
     try:
-        log_in(page, live_app)
-        screenshot(page, "23-dashboard-sender-warning", docs=True)
+        page.reload()
+        warning = page.get_by_role("alert").filter(has_text="cannot reply")
+        expect(warning).to_contain_text("Patients cannot reply to the SMS sender")
+        expect(warning).to_contain_text("AFTERCARE_TWILIO_FROM is the name 'RiversideVC'")
+        screenshot(page, "24-dashboard-sender-warning", docs=True)
     finally:
         rt.settings = configured
+
+
+def test_on_a_phone_the_flag_page_names_the_patient_and_their_number(
+    browser: Browser, live_app: LiveApp
+) -> None:
+    """A page's link opens on the on-call person's own phone: who to call must be on it."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, locale="en-GB", java_script_enabled=False
+    )
+    page = context.new_page()
+    try:
+        log_in(page, live_app)
+        page.goto(live_app.url("/flags"))
+        card = page.locator("li.card").first
+        expect(card.get_by_role("link", name="Margaret Oduya")).to_be_visible()
+        expect(card.get_by_role("link", name="07912 345678")).to_be_visible()
+        # The header's account name gives way on a phone; the patient does not.
+        expect(page.locator(".top .who")).to_be_hidden()
+        screenshot(page, "28-phone-flags")
+    finally:
+        context.close()
