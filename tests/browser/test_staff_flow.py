@@ -26,7 +26,7 @@ def test_a_nurse_records_a_session_pauses_it_and_resolves_a_flag(
     expect(page.get_by_role("alert")).to_contain_text("Wrong email or password")
 
     log_in(page, live_app)
-    expect(page.locator(".stat.alert")).to_contain_text("urgent flag to call back")
+    expect(page.locator("a.stat.alert")).to_contain_text("urgent flag to call back")
     screenshot(page, "02-dashboard", docs=True)
 
     page.get_by_role("link", name="Margaret Oduya").first.click()

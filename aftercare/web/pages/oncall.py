@@ -92,6 +92,7 @@ def _rota_page(
     *,
     message: str = "",
     error: str = "",
+    field_errors: dict[str, str] | None = None,
     email: str = "",
     phone: str = "",
     status_code: int = status.HTTP_200_OK,
@@ -116,11 +117,19 @@ def _rota_page(
         others=others,
         message=message,
         error=error,
+        errors=field_errors or {},
         email=email,
         phone=phone,
-        escalate_minutes=round(rt.settings.escalate_after / 60, 1),
+        escalate_minutes=f"{round(rt.settings.escalate_after / 60, 1):g}",
         opening_hours=rt.settings.opening_hours,
     )
+
+
+def _field_errors(error: str) -> dict[str, str]:
+    """The rota error beside its field too ("phone: ..." at the mobile number)."""
+    name, _, reason = error.partition(": ")
+    fid = {"email": "oncall-email", "phone": "oncall-phone"}.get(name)
+    return {fid: reason} if fid and reason else {}
 
 
 @router.get("/staff/on-call", response_class=HTMLResponse)
@@ -149,6 +158,7 @@ def put_on_call(
             staff,
             db_session,
             error=str(exc),
+            field_errors=_field_errors(str(exc)),
             email=email,
             phone=phone,
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,

@@ -71,7 +71,7 @@ def option_text(parameter: Parameter, value: int | str) -> str:
         return f"{value} days ({weeks} week{'s' if weeks != 1 else ''})"
     if parameter.name == "checkin_week":
         return f"Week {value}"
-    return str(value).replace("-", " ").capitalize()
+    return str(value).replace("-", " ").replace("_", " ").capitalize()
 
 
 SHORT_LABELS: Final = {
