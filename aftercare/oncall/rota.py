@@ -45,6 +45,8 @@ def rota(db_session: Session) -> list[StaffUser]:
 
 
 def _member(db_session: Session, email: str) -> StaffUser:
+    if not email.strip().isprintable():  # a NUL or a control character: no account has one
+        raise RotaError("email: is not an email address (it holds a control character)")
     user = get_by_email(db_session=db_session, email=email)
     if user is None:
         raise RotaError(f"email: no staff account for {email.strip()}")

@@ -813,7 +813,8 @@ def test_a_full_run_puts_no_patient_data_or_secret_in_logs_events_or_the_broker(
     texts = _message_texts(fake, mail.recorder)
     # The run really ran: every message went out, through the worker, with events on.
     assert len(fake.received) == sent_sms
-    assert len(texts) > 40
+    # 34 messages for this patient since issue 16 cut the evening texts (46 before).
+    assert len(texts) > 30
     logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log"))
     assert "aftercare.send" in logs
     assert '"level":"debug"' in logs

@@ -36,11 +36,14 @@ def corpus() -> list[dict[str, Any]]:
 
 
 def entry_errors(entry: dict[str, Any]) -> list[str]:
-    return _shape_errors(entry) + _consistency_errors(entry)
+    errors = _shape_errors(entry) + _consistency_errors(entry)
+    if not isinstance(entry.get("note"), str) or not entry["note"].strip():
+        errors.append("no note")
+    return errors
 
 
 def _shape_errors(entry: dict[str, Any]) -> list[str]:
-    """Each field present and of its kind."""
+    """Each field present and of its kind (the note is checked last, by entry_errors)."""
     errors = []
     if set(entry) != FIELDS:
         errors.append(f"fields differ: {sorted(set(entry) ^ FIELDS)}")
@@ -59,8 +62,6 @@ def _shape_errors(entry: dict[str, Any]) -> list[str]:
         errors.append(f"context {entry.get('context')!r}")
     if entry.get("checkin_answer") not in (None, "1", "2", "3"):
         errors.append(f"checkin_answer {entry.get('checkin_answer')!r}")
-    if not isinstance(entry.get("note"), str) or not entry["note"].strip():
-        errors.append("no note")
     return errors
 
 
