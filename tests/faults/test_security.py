@@ -565,6 +565,12 @@ REPLY_TEXT = "my left calf feels quite zorblaxian today"
 # Words of the messages that are also the service's own vocabulary: step and template ids,
 # states, paths ("/api/v1/sessions") and Celery's "Task ... finished". Not message text.
 CODE_WORDS = {
+    # Words of the rewritten messages (issue 16) that log lines also use: "worker starting",
+    # "every N minutes", "(patient 3, session 3)". Ids, never text.
+    "minutes",
+    "starting",
+    "patient",
+    "covered",  # inside "recovered"
     "finished",
     "sessions",
     "aftercare",
@@ -631,7 +637,9 @@ def _events(broker_url: str, capture: Capture) -> Callable[[], None]:
 
 def _monitor(redis_url: str, capture: Capture) -> Callable[[], None]:
     """Every command any client sends to the run's Redis database (MONITOR)."""
-    client = redis.Redis.from_url(redis_url)
+    # No read timeout: redis-py 8 times a read out after 5 s by default, and MONITOR is silent
+    # whenever the run is idle, which ended the capture with a TimeoutError part way through.
+    client = redis.Redis.from_url(redis_url, socket_timeout=None)
     db = client.connection_pool.connection_kwargs.get("db", 0)
     monitor = client.monitor()
 
